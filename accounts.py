@@ -1,0 +1,612 @@
+"""Domain services: organisations, users, sign-in, single sign-on, stored profiles and the audit log.
+
+Views call these; each service commits once per unit of work and raises a PortalError for anything
+the user must be told about.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Iterable
+
+import idna
+from flask import Flask, current_app, has_request_context, request, session
+from flask_login import LoginManager, login_user, logout_user
+from sqlalchemy.exc import IntegrityError
+from werkzeug.security import check_password_hash, generate_password_hash
+
+import entra
+import vault
+from models import AuditEvent, Domain, LoginSession, Organization, StoredProfile, User, VaultCheck, db, utcnow
+
+log = logging.getLogger(__name__)
+
+MAX_EMAIL = 254
+_LOCAL_PART = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}$")
+# Verifies the password of an unknown user, so both cases take the same time.
+_DUMMY_HASH = generate_password_hash(secrets.token_urlsafe(16))
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+class PortalError(Exception):
+    """A failure the user is shown on the error page, with its HTTP status."""
+
+    status = 400
+    title = "Request not accepted"
+
+    def __init__(self, message: str, *, hint: str | None = None, status: int | None = None, title: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        if status is not None:
+            self.status = status
+        if title is not None:
+            self.title = title
+
+
+class InvalidInput(PortalError):
+    status = 400
+    title = "Check what you entered"
+
+
+class NotAllowed(PortalError):
+    status = 403
+    title = "Not allowed"
+
+
+class SignInFailed(PortalError):
+    status = 401
+    title = "Sign-in failed"
+
+
+# -- set-up -------------------------------------------------------------------------------------
+
+def init_app(app: Flask) -> None:
+    """Bind the database, the vault, the Entra client and Flask-Login to the app."""
+    db.init_app(app)
+    vault.init_app(app)
+    entra.init_app(app)
+    manager = LoginManager()
+    manager.login_view = "auth.login"
+    manager.login_message = "Please sign in to see that page."
+    manager.login_message_category = "info"
+    manager.session_protection = None  # sessions are checked server-side instead
+    manager.user_loader(load_session_user)
+    manager.init_app(app)
+
+
+def ensure_schema() -> None:
+    """Create missing tables and check that the configured keys read the stored data."""
+    db.create_all()
+    check_vault()
+
+
+def startup_check(create: bool) -> None:
+    """At start-up: create the schema (demo) and refuse keys that cannot read what is stored."""
+    if create:
+        db.create_all()
+    if db.inspect(db.engine).has_table(VaultCheck.__tablename__):
+        check_vault()
+
+
+def check_vault() -> None:
+    """Refuse keys that cannot read what is stored; store a check value on first use."""
+    v = vault.get_vault()
+    row = db.session.get(VaultCheck, 1)
+    if row is None:
+        db.session.add(VaultCheck(id=1, value=v.check_value()))
+        db.session.commit()
+    else:
+        v.verify_check_value(row.value)
+
+
+# -- email and domains --------------------------------------------------------------------------
+
+def normalise_domain(raw: str) -> str:
+    """Lower-case IDNA A-label without a trailing dot; InvalidInput if it is no domain."""
+    name = (raw or "").strip().rstrip(".")
+    if not name or len(name) > 253 or any(c.isspace() or ord(c) < 32 for c in name):
+        raise InvalidInput("That is not a valid domain name.")
+    try:
+        ascii_name = idna.encode(name, uts46=True).decode("ascii").lower()
+    except (idna.IDNAError, UnicodeError):
+        raise InvalidInput("That is not a valid domain name.") from None
+    if "." not in ascii_name:
+        raise InvalidInput("A domain needs at least one dot, like example.com.")
+    return ascii_name
+
+
+def normalise_email(raw: str) -> str:
+    """Trim, lower-case and IDNA-encode an email address; InvalidInput when it is not one."""
+    value = (raw or "").strip()
+    if not value or len(value) > MAX_EMAIL or value.count("@") != 1:
+        raise InvalidInput("Enter an email address like name@example.com.")
+    local, _, domain = value.partition("@")
+    if not _LOCAL_PART.match(local) or local.startswith(".") or local.endswith(".") or ".." in local:
+        raise InvalidInput("Enter an email address like name@example.com.")
+    try:
+        domain = normalise_domain(domain)
+    except InvalidInput:
+        raise InvalidInput("Enter an email address like name@example.com.") from None
+    return f"{local.lower()}@{domain}"
+
+
+def organization_for_domain(domain: str) -> Organization | None:
+    return db.session.execute(
+        db.select(Organization).join(Domain).where(Domain.name == domain)
+    ).scalar_one_or_none()
+
+
+def get_organization(name: str) -> Organization:
+    org = db.session.execute(db.select(Organization).where(Organization.name == name)).scalar_one_or_none()
+    if org is None:
+        raise InvalidInput(f"No organisation is called {name!r}.")
+    return org
+
+
+@dataclass(frozen=True)
+class Realm:
+    """Where the login prompt sends an email: 'sso' (Microsoft) or 'password'."""
+
+    kind: str
+    email: str
+    organization: Organization | None = None
+
+
+def find_realm(raw_email: str) -> Realm:
+    """Home-realm discovery: an organisation with SSO active means Microsoft; anything else a password."""
+    email = normalise_email(raw_email)
+    org = organization_for_domain(email.rpartition("@")[2])
+    if org is not None and org.sso_active:
+        return Realm("sso", email, org)
+    return Realm("password", email, org)
+
+
+# -- users --------------------------------------------------------------------------------------
+
+def user_email(user: User) -> str:
+    return vault.get_vault().decrypt(user.email_enc, _email_aad(user)).decode()
+
+
+def display_user(user: User | None) -> str:
+    """How a user is named on pages: their email, decrypted for display only."""
+    return user_email(user) if user is not None else "—"
+
+
+def _email_aad(user: User) -> bytes:
+    return vault.aad("users", str(user.id), "email")
+
+
+def _set_email(user: User, email: str) -> None:
+    """Encrypt the email bound to the user's row (flushes first so the row has an id)."""
+    v = vault.get_vault()
+    if user.id is None:
+        user.email_enc = b""
+        user.email_hmac = v.blind_index(email)
+        db.session.add(user)
+        db.session.flush()
+    user.email_hmac = v.blind_index(email)
+    user.email_enc = v.encrypt(email.encode(), _email_aad(user))
+
+
+def users_by_email(email: str, org: Organization | None = None) -> list[User]:
+    query = db.select(User).where(User.email_hmac.in_(vault.get_vault().blind_indexes(email)))
+    if org is not None:
+        query = query.where(User.organization_id == org.id)
+    return list(db.session.execute(query.order_by(User.id)).scalars())
+
+
+def create_organization(name: str, domains: Iterable[str]) -> Organization:
+    """Create an organisation with its email domains."""
+    name = (name or "").strip()
+    if not name or len(name) > 100 or any(ord(c) < 32 for c in name):
+        raise InvalidInput("An organisation name is 1 to 100 printable characters.")
+    names = sorted({normalise_domain(d) for d in domains})
+    if not names:
+        raise InvalidInput("Give the organisation at least one domain.")
+    if db.session.execute(db.select(Organization.id).where(Organization.name == name)).first():
+        raise InvalidInput(f"An organisation called {name!r} exists already.")
+    taken = db.session.execute(db.select(Domain.name).where(Domain.name.in_(names))).scalars().all()
+    if taken:
+        raise InvalidInput(f"Domain {taken[0]} belongs to another organisation already.")
+    org = Organization(name=name, domains=[Domain(name=d) for d in names])
+    db.session.add(org)
+    _commit_or_conflict("That organisation or one of its domains exists already.")
+    return org
+
+
+def create_local_user(email: str, org_name: str, password: str, *, role: str = "admin",
+                      break_glass: bool = False) -> User:
+    """Create a password account in an organisation whose domains include the email's."""
+    email = normalise_email(email)
+    org = get_organization(org_name)
+    if email.rpartition("@")[2] not in {d.name for d in org.domains}:
+        raise InvalidInput(f"{email.rpartition('@')[2]} is not one of {org.name}'s domains.")
+    if len(password or "") < 12:
+        raise InvalidInput("A password needs at least 12 characters.")
+    if users_by_email(email):
+        raise InvalidInput("A user with that email exists already.")
+    user = User(organization=org, role=role, password_hash=generate_password_hash(password), break_glass=break_glass)
+    _set_email(user, email)
+    _commit_or_conflict("A user with that email exists already.")
+    return user
+
+
+def _commit_or_conflict(message: str) -> None:
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        raise InvalidInput(message) from None
+
+
+# -- password sign-in ---------------------------------------------------------------------------
+
+def password_sign_in(raw_email: str, password: str) -> User:
+    """Check a password; unknown users and wrong passwords fail alike, and SSO enforcement applies."""
+    email = normalise_email(raw_email)
+    candidates = [u for u in users_by_email(email) if u.password_hash]
+    user = candidates[0] if candidates else None
+    ok = check_password_hash(user.password_hash if user else _DUMMY_HASH, password or "")
+    if not ok or user is None:
+        record("sign_in", "failure", org=user.organization if user else None, actor=user, detail="bad_password")
+        db.session.commit()
+        raise SignInFailed("The email or password is not right.")
+    org = user.organization
+    if org.sso_active and org.require_sso and not user.break_glass:
+        record("sign_in", "failure", org=org, actor=user, detail="sso_required")
+        db.session.commit()
+        raise SignInFailed(f"{org.name} requires single sign-on. Sign in with Microsoft instead.", status=403)
+    user.last_sign_in_at = utcnow()
+    record("sign_in", "success", org=org, actor=user, detail="password")
+    start_session(user, "password")
+    db.session.commit()
+    return user
+
+
+# -- sessions -----------------------------------------------------------------------------------
+
+def _sid_hash(sid: str) -> str:
+    return hashlib.sha256(sid.encode()).hexdigest()
+
+
+def start_session(user: User, method: str) -> str:
+    """Rotate the browser session and record it server-side (the caller commits); returns the id's hash."""
+    session.clear()
+    sid = secrets.token_urlsafe(32)
+    db.session.add(LoginSession(id=_sid_hash(sid), user_id=user.id, method=method))
+    session.permanent = True
+    session["sid"] = sid
+    login_user(user)
+    return _sid_hash(sid)
+
+
+def current_sid_hash() -> str | None:
+    sid = session.get("sid")
+    return _sid_hash(sid) if isinstance(sid, str) else None
+
+
+def load_session_user(user_id: str) -> User | None:
+    """Flask-Login's loader: the user only while their server-side session is alive."""
+    sid_hash = current_sid_hash()
+    if sid_hash is None or not user_id.isdigit():
+        return None
+    row = db.session.get(LoginSession, sid_hash)
+    if row is None or row.user_id != int(user_id):
+        return None
+    now = utcnow()
+    cfg = current_app.config
+    if (now - row.last_seen_at > timedelta(minutes=cfg["SESSION_IDLE_MINUTES"])
+            or now - row.created_at > timedelta(hours=cfg["SESSION_MAX_HOURS"])):
+        _drop_login_session(row)
+        db.session.commit()
+        return None
+    if now - row.last_seen_at > timedelta(seconds=60):
+        row.last_seen_at = now  # written at most once a minute
+        db.session.commit()
+    return row.user
+
+
+def session_method() -> str | None:
+    """How the current session signed in: 'password' or 'sso'."""
+    sid_hash = current_sid_hash()
+    row = db.session.get(LoginSession, sid_hash) if sid_hash else None
+    return row.method if row else None
+
+
+def end_session() -> None:
+    """Sign out: drop the server-side session (and any profile copy that lived only for it)."""
+    sid_hash = current_sid_hash()
+    if sid_hash is not None:
+        row = db.session.get(LoginSession, sid_hash)
+        if row is not None:
+            _drop_login_session(row)
+            db.session.commit()
+    logout_user()
+    session.clear()
+
+
+def _drop_login_session(row: LoginSession) -> None:
+    db.session.execute(db.delete(StoredProfile).where(StoredProfile.session_id == row.id,
+                                                      StoredProfile.kept.is_(False)))
+    db.session.delete(row)
+
+
+# -- audit --------------------------------------------------------------------------------------
+
+def record(action: str, outcome: str, *, org: Organization | None = None, actor: User | None = None,
+           detail: str = "") -> AuditEvent:
+    """Add an audit event to the current unit of work (the caller commits)."""
+    event = AuditEvent(organization_id=org.id if org is not None else None, actor=actor, action=action,
+                       outcome=outcome, detail=detail[:200],
+                       ip=request.remote_addr if has_request_context() else None)
+    db.session.add(event)
+    return event
+
+
+# -- single sign-on -----------------------------------------------------------------------------
+
+FLOW_MAX_AGE = 600  # seconds a started Microsoft sign-in stays usable
+MAX_PENDING_FLOWS = 3  # a few tabs may sign in at once
+
+
+def needs_consent_explanation(realm: Realm) -> bool:
+    """Explain what is read before a user's first Microsoft sign-in, until the organisation has admin consent."""
+    org = realm.organization
+    if org is None or org.admin_consent_at is not None:
+        return False
+    known = [u for u in users_by_email(realm.email, org) if u.tenant_id == org.tenant_id and u.object_id]
+    return not known
+
+
+def begin_sso(purpose: str, *, org: Organization, login_hint: str | None, next_path: str = "/",
+              actor: User | None = None) -> str:
+    """Start a Microsoft sign-in for `purpose` ('sign_in' or 'activate'); keep the flow; return the URL to go to."""
+    domain_hint = login_hint.rpartition("@")[2] if login_hint else None
+    flow, auth_uri = entra.client().start_sign_in(login_hint=login_hint, domain_hint=domain_hint,
+                                                  prompt="login" if purpose == "activate" else None)
+    flows = {k: v for k, v in session.get("flows", {}).items() if time_ok(v)}
+    while len(flows) >= MAX_PENDING_FLOWS:
+        flows.pop(min(flows, key=lambda k: flows[k]["started"]))
+    flows[flow["state"]] = {"flow": flow, "purpose": purpose, "org_id": org.id, "next": next_path,
+                            "actor_id": actor.id if actor else None, "started": int(utcnow().timestamp())}
+    session["flows"] = flows
+    return auth_uri
+
+
+def time_ok(pending: dict[str, Any]) -> bool:
+    return isinstance(pending, dict) and utcnow().timestamp() - pending.get("started", 0) <= FLOW_MAX_AGE
+
+
+def take_flow(states: list[str]) -> dict[str, Any]:
+    """Remove and return the pending sign-in a callback's state names; it can be used once only."""
+    if len(states) != 1 or not states[0] or len(states[0]) > 128:
+        raise InvalidInput("This sign-in answer is not valid. Start the sign-in again.", title="Start again")
+    flows = dict(session.get("flows", {}))
+    pending = flows.pop(states[0], None)
+    session["flows"] = flows
+    if pending is None:
+        raise InvalidInput("This sign-in is finished or was started in another browser. Start the sign-in again.",
+                           title="Start again")
+    if not time_ok(pending):
+        raise InvalidInput("This sign-in took longer than 10 minutes and expired. Start it again.",
+                           title="Start again")
+    return pending
+
+
+def complete_sso(pending: dict[str, Any], params: dict[str, str], actor: User | None = None) -> User:
+    """Finish a Microsoft sign-in: validate, then sign the user in or activate SSO. Nothing is stored on failure."""
+    org = db.session.get(Organization, pending.get("org_id") or 0)
+    purpose = pending.get("purpose")
+    action = "sso_activate" if purpose == "activate" else "sign_in"
+    try:
+        if org is None:
+            raise InvalidInput("The organisation of this sign-in no longer exists.")
+        result = entra.client().finish_sign_in(pending["flow"], params)
+        if purpose == "activate":
+            return _activate_sso(org, result, actor, pending)
+        return _sso_sign_in(org, result)
+    except (entra.EntraError, PortalError) as e:
+        db.session.rollback()
+        reason = getattr(e, "reason", None) or type(e).__name__
+        record(action, "failure", org=org, actor=actor, detail=reason)
+        db.session.commit()
+        log.info("%s failed: %s", action, reason)
+        raise
+
+
+def _verified_emails(result: entra.SignIn) -> list[str]:
+    """Emails the token vouches for: the UPN, and `email` only when Entra marks its domain verified."""
+    found = []
+    for value, trusted in ((result.claims.get("preferred_username"), True),
+                           (result.claims.get("email"), result.claims.get("xms_edov") in (True, "true", "1", 1))):
+        if trusted and isinstance(value, str):
+            try:
+                found.append(normalise_email(value))
+            except InvalidInput:
+                pass
+    return found
+
+
+def _org_emails(org: Organization, result: entra.SignIn) -> list[str]:
+    domains = {d.name for d in org.domains}
+    return [e for e in _verified_emails(result) if e.rpartition("@")[2] in domains]
+
+
+def _display_email(result: entra.SignIn) -> str:
+    for value in (result.profile.get("mail"), result.claims.get("preferred_username"), result.claims.get("email")):
+        if isinstance(value, str) and value:
+            return value[:MAX_EMAIL]
+    return result.object_id
+
+
+def _sso_sign_in(org: Organization, result: entra.SignIn) -> User:
+    if not org.sso_active or org.tenant_id is None:
+        raise NotAllowed("Single sign-on is not active for your organisation any more. Sign in with your password.")
+    if result.tenant_id != org.tenant_id:
+        raise NotAllowed("You signed in with a Microsoft account of another organisation. "
+                         "Sign in again with your account of " + org.name + ".", title="Wrong organisation")
+    user = _user_by_identity(result.tenant_id, result.object_id)
+    if user is None:
+        user = _link_or_create(org, result)
+    elif user.organization_id != org.id:
+        raise NotAllowed("Your Microsoft account belongs to another organisation in this portal.")
+    user.last_sign_in_at = utcnow()
+    sid_hash = start_session(user, "sso")
+    store_profile(user, result, sid_hash)
+    record("sign_in", "success", org=org, actor=user, detail="sso")
+    _commit_identity()
+    return user
+
+
+def _user_by_identity(tid: str, oid: str) -> User | None:
+    return db.session.execute(
+        db.select(User).where(User.tenant_id == tid, User.object_id == oid)).scalar_one_or_none()
+
+
+def _link_or_create(org: Organization, result: entra.SignIn) -> User:
+    """First SSO sign-in: link an existing account of the organisation by verified email, else create one."""
+    for email in _org_emails(org, result):
+        for existing in users_by_email(email, org):
+            if existing.object_id is None:
+                existing.tenant_id, existing.object_id = result.tenant_id, result.object_id
+                record("identity_linked", "success", org=org, actor=existing)
+                return existing
+    user = User(organization=org, role="member", tenant_id=result.tenant_id, object_id=result.object_id)
+    _set_email(user, normalise_or_raw(_display_email(result)))
+    record("user_created", "success", org=org, actor=user, detail="sso")
+    return user
+
+
+def normalise_or_raw(value: str) -> str:
+    try:
+        return normalise_email(value)
+    except InvalidInput:
+        return value
+
+
+def _commit_identity() -> None:
+    """Commit a sign-in; a parallel first sign-in of the same identity makes this one fail cleanly."""
+    try:
+        db.session.commit()
+    except IntegrityError:
+        db.session.rollback()
+        raise SignInFailed("Another sign-in of the same account finished at the same moment. Sign in again.",
+                           status=409, title="Sign in again") from None
+
+
+def _activate_sso(org: Organization, result: entra.SignIn, actor: User | None, pending: dict[str, Any]) -> User:
+    if actor is None or actor.id != pending.get("actor_id") or not actor.is_admin or actor.organization_id != org.id:
+        raise NotAllowed("Only the administrator who started the activation can finish it.")
+    if org.tenant_id and org.tenant_id != result.tenant_id:
+        raise NotAllowed("This organisation is bound to another Microsoft tenant. Deactivate SSO first.",
+                         title="Different tenant")
+    other = db.session.execute(db.select(Organization).where(Organization.tenant_id == result.tenant_id,
+                                                             Organization.id != org.id)).scalar_one_or_none()
+    if other is not None:
+        raise NotAllowed("That Microsoft tenant is already connected to another organisation of this portal.",
+                         title="Tenant already in use")
+    if not _org_emails(org, result):
+        raise NotAllowed(
+            "The Microsoft account you signed in with does not have a verified email in one of "
+            f"{org.name}'s domains, so it cannot prove the tenant belongs to {org.name}. Nothing was changed.",
+            title="Account does not match the organisation",
+            hint="Sign in with your work account whose email ends in one of the organisation's domains.")
+    holder = _user_by_identity(result.tenant_id, result.object_id)
+    if holder is not None and holder.id != actor.id:
+        raise NotAllowed("That Microsoft account is already linked to another user of this portal.")
+    first_binding = org.tenant_id is None
+    org.tenant_id = result.tenant_id
+    org.sso_active = True
+    org.sso_activated_at = utcnow()
+    org.sso_activated_by_id = actor.id
+    if actor.object_id is None:
+        actor.tenant_id, actor.object_id = result.tenant_id, result.object_id
+    store_profile(actor, result, current_sid_hash())
+    if first_binding:
+        record("tenant_bound", "success", org=org, actor=actor, detail=result.tenant_id)
+    record("sso_activate", "success", org=org, actor=actor)
+    _commit_or_conflict("That Microsoft tenant or account is already connected elsewhere.")
+    return actor
+
+
+def deactivate_sso(org: Organization, actor: User | None, *, via: str = "settings") -> None:
+    """Turn SSO off and unbind the tenant; SSO sessions of the organisation end. Password accounts keep working."""
+    org.sso_active = False
+    org.require_sso = False
+    org.tenant_id = None
+    org.sso_activated_at = None
+    org.sso_activated_by_id = None
+    org.admin_consent_at = None
+    org.admin_consent_by_id = None
+    user_ids = db.select(User.id).where(User.organization_id == org.id)
+    sso_sessions = db.select(LoginSession.id).where(LoginSession.user_id.in_(user_ids), LoginSession.method == "sso")
+    db.session.execute(db.delete(StoredProfile).where(StoredProfile.session_id.in_(sso_sessions),
+                                                      StoredProfile.kept.is_(False)))
+    db.session.execute(db.delete(LoginSession).where(LoginSession.id.in_(sso_sessions)))
+    record("sso_deactivate", "success", org=org, actor=actor, detail=via)
+    db.session.commit()
+
+
+# -- stored profiles ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProfileCopy:
+    claims: dict[str, Any]
+    read_at: datetime
+    has_photo: bool
+    kept: bool
+    tenant_id: str | None
+    object_id: str | None
+
+
+def _profile_aad(user: User, field_name: str) -> bytes:
+    return vault.aad("stored_profiles", user.tenant_id or "", user.object_id or "", field_name)
+
+
+def store_profile(user: User, result: entra.SignIn, sid_hash: str | None) -> None:
+    """Keep the profile read at sign-in, encrypted; only for this session when the organisation keeps no copy."""
+    v = vault.get_vault()
+    if user.id is None:
+        db.session.flush()
+    row = db.session.get(StoredProfile, user.id) or StoredProfile(user_id=user.id)
+    row.data_enc = v.encrypt_json(result.profile, _profile_aad(user, "profile"))
+    row.photo_enc = v.encrypt(result.photo, _profile_aad(user, "photo")) if result.photo else None
+    row.read_at = utcnow()
+    row.kept = bool(user.organization.store_profiles)
+    row.session_id = None if row.kept else sid_hash
+    db.session.add(row)
+
+
+def profile_of(user: User) -> ProfileCopy | None:
+    row = db.session.get(StoredProfile, user.id)
+    if row is None:
+        return None
+    claims = vault.get_vault().decrypt_json(row.data_enc, _profile_aad(user, "profile"))
+    return ProfileCopy(claims=claims, read_at=row.read_at, has_photo=row.photo_enc is not None, kept=row.kept,
+                       tenant_id=user.tenant_id, object_id=user.object_id)
+
+
+def photo_of(user: User) -> tuple[bytes, str] | None:
+    row = db.session.get(StoredProfile, user.id)
+    if row is None or row.photo_enc is None:
+        return None
+    data = vault.get_vault().decrypt(row.photo_enc, _profile_aad(user, "photo"))
+    kind = entra.photo_type(data)
+    return (data, kind) if kind else None
+
+
+def database_ok() -> bool:
+    try:
+        db.session.execute(db.text("SELECT 1"))
+        return True
+    except Exception:  # any driver error means "not healthy"
+        log.exception("Health check: database unavailable")
+        db.session.rollback()
+        return False

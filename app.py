@@ -1,0 +1,172 @@
+"""The application factory: configuration layers, extensions, blueprints, CLI and error pages."""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from typing import Any, Mapping
+
+from flask import Flask, render_template
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from werkzeug.exceptions import HTTPException
+
+import accounts
+import commands
+import entra
+from blueprints import auth, home, profile, settings
+
+DEFAULT_AUTHORITY = "https://login.microsoftonline.com/organizations"
+# Demo mode's app registration in the emulator; never valid at Microsoft.
+DEMO_CLIENT_ID = "5f0d1c2e-0000-4000-8000-00000000d3e0"
+WEAK_SECRETS = {"dev", "secret", "changeme", "change-me", "development", "test"}
+
+log = logging.getLogger(__name__)
+
+
+class ConfigError(RuntimeError):
+    """Start-up refused because the configuration is unsafe or incomplete."""
+
+
+def create_app(test_config: Mapping[str, Any] | None = None, *, instance_path: str | None = None) -> Flask:
+    """Build the portal: defaults, then instance/config.py, then FLASK_* variables, then test_config."""
+    app = Flask(__name__, instance_path=instance_path, instance_relative_config=True)
+    app.config.from_mapping(
+        SECRET_KEY=None,
+        SQLALCHEMY_DATABASE_URI=None,
+        ENTRA_CLIENT_ID=None,
+        ENTRA_CLIENT_SECRET=None,
+        ENTRA_AUTHORITY=DEFAULT_AUTHORITY,
+        GRAPH_ENDPOINT="https://graph.microsoft.com/v1.0",
+        ENTRA_TIMEOUT=10.0,
+        ENCRYPTION_KEYS=None,
+        ENCRYPTION_KEY_FILE=None,
+        DEMO_MODE=False,
+        SESSION_IDLE_MINUTES=30,
+        SESSION_MAX_HOURS=8,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        MAX_CONTENT_LENGTH=64 * 1024,
+        WTF_CSRF_TIME_LIMIT=None,  # tokens live as long as the session
+        PREFERRED_URL_SCHEME="https",
+    )
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.from_prefixed_env()
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+    os.makedirs(app.instance_path, exist_ok=True)
+    _finish_config(app)
+
+    accounts.init_app(app)
+    CSRFProtect(app)
+    if app.config["DEMO_MODE"]:
+        _wire_emulator(app)
+
+    for bp in (home.bp, auth.bp, settings.bp, profile.bp):
+        app.register_blueprint(bp)
+    commands.init_app(app)
+    _register_error_pages(app)
+    with app.app_context():
+        accounts.startup_check(create=bool(app.config["DEMO_MODE"]))
+    return app
+
+
+def _finish_config(app: Flask) -> None:
+    """Fill derived settings and refuse to start on unsafe or missing ones."""
+    cfg = app.config
+    demo = bool(cfg["DEMO_MODE"])
+    if not cfg["SQLALCHEMY_DATABASE_URI"]:
+        cfg["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + os.path.join(app.instance_path, "portal.sqlite")
+    secret = cfg["SECRET_KEY"]
+    if not secret and (demo or app.debug):
+        cfg["SECRET_KEY"] = _instance_secret(app, "secret_key")
+    elif not secret or len(str(secret)) < 32 or str(secret).lower() in WEAK_SECRETS:
+        raise ConfigError(
+            "SECRET_KEY is missing or weak: set FLASK_SECRET_KEY to at least 32 random characters, "
+            'e.g. python -c "import secrets; print(secrets.token_urlsafe(48))"'
+        )
+    if demo:
+        if cfg["ENTRA_CLIENT_ID"] or cfg["ENTRA_CLIENT_SECRET"]:
+            raise ConfigError(
+                "DEMO_MODE is on while real Entra settings (ENTRA_CLIENT_ID/ENTRA_CLIENT_SECRET) are given: "
+                "choose one. Demo mode only talks to the built-in emulator."
+            )
+        if cfg["ENTRA_AUTHORITY"] != DEFAULT_AUTHORITY:
+            raise ConfigError("DEMO_MODE uses the default ENTRA_AUTHORITY; remove the setting or leave demo mode.")
+        cfg["ENTRA_CLIENT_ID"] = DEMO_CLIENT_ID
+        cfg["ENTRA_CLIENT_SECRET"] = _instance_secret(app, "demo_client_secret")
+        if not cfg["SERVER_NAME"]:
+            cfg["SERVER_NAME"] = "127.0.0.1:5000"
+        cfg["PREFERRED_URL_SCHEME"] = "http"
+    elif not app.debug:
+        # Outside demo and debug the cookie is HTTPS-only and host-locked.
+        cfg["SESSION_COOKIE_SECURE"] = True
+        cfg["SESSION_COOKIE_NAME"] = "__Host-portal_session"
+    if not demo:
+        missing = [k for k in ("ENTRA_CLIENT_ID", "ENTRA_CLIENT_SECRET", "SERVER_NAME") if not cfg.get(k)]
+        if missing:
+            raise ConfigError(
+                "Missing settings: " + ", ".join(missing) + ". Set them in instance/config.py or as FLASK_<NAME> "
+                "environment variables (see the README), or set FLASK_DEMO_MODE=1 to try the portal with the emulator."
+            )
+
+
+def _instance_secret(app: Flask, name: str) -> str:
+    """Read a random secret kept in instance/, creating it (mode 0600) on first use."""
+    path = os.path.join(app.instance_path, name)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        value = secrets.token_urlsafe(48)
+        f.write(value)
+    return value
+
+
+def _wire_emulator(app: Flask) -> None:
+    """Demo mode: Microsoft's hosts are played by the in-repo emulator (the one place the portal imports it)."""
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    from emulator import Emulator
+
+    base = f"{app.config['PREFERRED_URL_SCHEME']}://{app.config['SERVER_NAME']}"
+    emu = Emulator(
+        os.path.join(app.instance_path, "emulator"),
+        browser_url=base + "/_entra",
+        clients={
+            app.config["ENTRA_CLIENT_ID"]: {
+                "secret": app.config["ENTRA_CLIENT_SECRET"],
+                "redirect_uris": [base + entra.CALLBACK_PATH, base + entra.ADMIN_CONSENT_CALLBACK_PATH],
+                "name": "Customer Portal (demo)",
+            }
+        },
+    )
+    emu.mount(entra.get_http(app))
+    app.extensions["entra_emulator"] = emu
+    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/_entra": emu.wsgi})
+
+
+def _register_error_pages(app: Flask) -> None:
+    """One template for every error status; domain failures carry their own status and words."""
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException):
+        return render_template("error.html", status=e.code, title=e.name, message=e.description), e.code
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(e: CSRFError):
+        log.warning("CSRF check failed: %s", e.description)
+        message = "This form has expired or did not come from this site. Go back, reload the page and try again."
+        return render_template("error.html", status=400, title="Form expired", message=message), 400
+
+    @app.errorhandler(accounts.PortalError)
+    @app.errorhandler(entra.EntraError)
+    def portal_error(e):
+        return render_template("error.html", status=e.status, title=e.title, message=e.message, hint=e.hint,
+                               code=getattr(e, "code", None)), e.status
+
+    @app.errorhandler(500)
+    def server_error(e):
+        return render_template("error.html", status=500, title="Something went wrong",
+                               message="The portal could not finish this request. Nothing was changed."), 500

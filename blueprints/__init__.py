@@ -1,0 +1,1 @@
+"""The portal's blueprints, registered by hand in app.create_app."""

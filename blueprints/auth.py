@@ -1,0 +1,122 @@
+"""Login prompt, password step, consent explanation, Microsoft sign-in and callback, sign-out."""
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote, urlsplit
+
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask_login import current_user, login_required
+from flask_wtf import FlaskForm
+from wtforms import EmailField, HiddenField, PasswordField
+from wtforms.validators import InputRequired, Length
+
+import accounts
+import entra
+
+bp = Blueprint("auth", __name__)
+
+
+class EmailForm(FlaskForm):
+    email = EmailField("Email", validators=[InputRequired(), Length(max=accounts.MAX_EMAIL)])
+    next = HiddenField()
+
+
+class PasswordForm(FlaskForm):
+    email = EmailField("Email", validators=[InputRequired(), Length(max=accounts.MAX_EMAIL)])
+    password = PasswordField("Password", validators=[InputRequired(), Length(max=1024)])
+    next = HiddenField()
+
+
+class ContinueForm(FlaskForm):
+    """The consent explanation's Continue to Microsoft button."""
+
+    email = HiddenField(validators=[InputRequired(), Length(max=accounts.MAX_EMAIL)])
+    next = HiddenField()
+
+
+_UNSAFE = re.compile(r"[\x00-\x20\\\x7f]")
+
+
+def safe_next(target: str | None) -> str:
+    """A same-site path to return to after sign-in; anything else becomes '/'."""
+    if not target or len(target) > 512:
+        return "/"
+    decoded = unquote(unquote(target))
+    for value in (target, decoded):
+        parts = urlsplit(value)
+        if _UNSAFE.search(value) or not value.startswith("/") or value.startswith("//") or parts.scheme or parts.netloc:
+            return "/"
+    return target
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    """Step one: an email; its domain decides between Microsoft and a password."""
+    if current_user.is_authenticated:
+        return redirect(safe_next(request.args.get("next")))
+    form = EmailForm(next=safe_next(request.args.get("next")))
+    if not form.validate_on_submit():
+        return render_template("auth/login.html", form=form), 400 if form.is_submitted() else 200
+    realm = accounts.find_realm(form.email.data)
+    next_path = safe_next(form.next.data)
+    if realm.kind == "password":
+        return render_template("auth/password.html", form=PasswordForm(email=realm.email, next=next_path))
+    if accounts.needs_consent_explanation(realm):
+        return render_template("auth/consent.html", form=ContinueForm(email=realm.email, next=next_path),
+                               org=realm.organization, for_admin=False)
+    return redirect(accounts.begin_sso("sign_in", org=realm.organization, login_hint=realm.email,
+                                       next_path=next_path), 303)
+
+
+@bp.post("/login/password")
+def password():
+    """Step two for local accounts."""
+    form = PasswordForm()
+    if not form.validate_on_submit():
+        return render_template("auth/password.html", form=form), 400
+    try:
+        accounts.password_sign_in(form.email.data, form.password.data)
+    except accounts.SignInFailed as e:
+        form.password.data = ""
+        return render_template("auth/password.html", form=form, error=e.message), e.status
+    return redirect(safe_next(form.next.data), 303)
+
+
+@bp.post("/auth/sso/start")
+def sso_start():
+    """Continue to Microsoft from the consent explanation."""
+    form = ContinueForm()
+    if not form.validate_on_submit():
+        raise accounts.InvalidInput("The sign-in form was incomplete. Start again from the login page.")
+    realm = accounts.find_realm(form.email.data)
+    if realm.kind != "sso":
+        return redirect(url_for("auth.login"), 303)
+    return redirect(accounts.begin_sso("sign_in", org=realm.organization, login_hint=realm.email,
+                                       next_path=safe_next(form.next.data)), 303)
+
+
+@bp.get(entra.CALLBACK_PATH)
+def callback():
+    """Microsoft sends the browser back here with a code or an error."""
+    pending = accounts.take_flow(request.args.getlist("state"))
+    actor = current_user if current_user.is_authenticated else None
+    accounts.complete_sso(pending, request.args.to_dict(flat=True), actor=actor)
+    if pending["purpose"] == "activate":
+        flash("Single sign-on is active. Members now sign in with Microsoft.", "success")
+        return redirect(url_for("settings.security"), 303)
+    flash("Signed in with Microsoft.", "success")
+    return redirect(safe_next(pending.get("next")), 303)
+
+
+@bp.post("/logout")
+@login_required
+def logout():
+    """Sign out here; SSO users go on to Microsoft's sign-out and come back."""
+    was_sso = accounts.session_method() == "sso"
+    accounts.end_session()
+    flash("You are signed out.", "info")
+    if was_sso:
+        target = entra.client().logout_url("/login")
+        if target:
+            return redirect(target, 303)
+    return redirect(url_for("auth.login"), 303)

@@ -1,0 +1,111 @@
+"""The `flask --app app ...` commands for operators."""
+from __future__ import annotations
+
+import sys
+
+import click
+from flask import Flask, current_app
+from flask.cli import with_appcontext
+
+import accounts
+import vault
+
+DEMO_PASSWORD = "northwind-demo-password"
+DEMO_ORGS = (
+    ("Northwind Traders", "northwind.example", "admin@northwind.example"),
+    ("Fabrikam Research", "fabrikam.example", "admin@fabrikam.example"),
+)
+
+
+def init_app(app: Flask) -> None:
+    for command in (init_db, create_org, create_admin, deactivate_sso, generate_key, demo):
+        app.cli.add_command(command)
+
+
+def _fail(e: Exception) -> None:
+    raise click.ClickException(getattr(e, "message", str(e)))
+
+
+@click.command("init-db")
+@with_appcontext
+def init_db() -> None:
+    """Create the database tables (safe to run again)."""
+    accounts.ensure_schema()
+    click.echo("Database ready.")
+
+
+@click.command("create-org")
+@with_appcontext
+@click.argument("name")
+@click.option("--domain", "domains", multiple=True, required=True, help="An email domain of the organisation.")
+def create_org(name: str, domains: tuple[str, ...]) -> None:
+    """Create an organisation with one or more email domains."""
+    try:
+        org = accounts.create_organization(name, domains)
+    except accounts.PortalError as e:
+        _fail(e)
+    click.echo(f"Created organisation {org.name} with {', '.join(d.name for d in org.domains)}.")
+
+
+@click.command("create-admin")
+@with_appcontext
+@click.argument("email")
+@click.option("--org", "org_name", required=True, help="The organisation's name.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
+@click.option("--break-glass", is_flag=True, help="May sign in with a password even when SSO is required.")
+def create_admin(email: str, org_name: str, password_stdin: bool, break_glass: bool) -> None:
+    """Create an administrator with a password."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        user = accounts.create_local_user(email, org_name, password, role="admin", break_glass=break_glass)
+    except accounts.PortalError as e:
+        _fail(e)
+    click.echo(f"Created administrator {accounts.user_email(user)} in {org_name}.")
+
+
+@click.command("deactivate-sso")
+@with_appcontext
+@click.option("--org", "org_name", required=True, help="The organisation's name.")
+def deactivate_sso(org_name: str) -> None:
+    """Turn single sign-on off for an organisation (the operator's way back in)."""
+    try:
+        org = accounts.get_organization(org_name)
+    except accounts.PortalError as e:
+        _fail(e)
+    accounts.deactivate_sso(org, None, via="cli")
+    click.echo(f"Single sign-on is off for {org.name}; password accounts can sign in.")
+
+
+@click.command("generate-key")
+@with_appcontext
+def generate_key() -> None:
+    """Print a new encryption key for ENCRYPTION_KEYS."""
+    click.echo(vault.generate_key())
+
+
+@click.command("demo")
+@with_appcontext
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--no-serve", is_flag=True, help="Only create the demo data.")
+def demo(host: str, port: int, no_serve: bool) -> None:
+    """Create the demo organisations and admins, then serve the portal."""
+    if not current_app.config["DEMO_MODE"]:
+        raise click.ClickException("The demo needs demo mode: run it with FLASK_DEMO_MODE=1.")
+    accounts.ensure_schema()
+    for name, domain, email in DEMO_ORGS:
+        try:
+            accounts.get_organization(name)
+        except accounts.PortalError:
+            accounts.create_organization(name, [domain])
+            accounts.create_local_user(email, name, DEMO_PASSWORD, role="admin", break_glass=True)
+    click.echo("Demo data ready. Open http://%s:%d/login and sign in as admin@northwind.example "
+               "with the password %s." % (host, port, DEMO_PASSWORD))
+    click.echo("Then: Settings → SECURITY → Activate SSO, and sign in at the emulated Microsoft page.")
+    if not no_serve:
+        from werkzeug.serving import run_simple
+
+        run_simple(host, port, current_app._get_current_object(), threaded=True)

@@ -1,0 +1,91 @@
+"""An Entra ID (v2) + Microsoft Graph emulator for demo mode and tests.
+
+The portal talks to it through `Emulator.mount(session)` (back channel) and serves
+`Emulator.wsgi` under /_entra for the browser pages (sign-in, consent, admin consent).
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+
+import requests
+
+from .app import create_app
+from .directory import Directory, Tenant, User, build_directory
+from .store import Store
+from .tokens import KeyRing, new_signing_key
+from .transport import GRAPH_HOST, LOGIN_HOST, EmulatorAdapter
+
+__all__ = ["Emulator", "Directory", "Tenant", "User"]
+
+
+class Emulator:
+    """One emulated Entra ID + Graph, with its state in `instance_path`."""
+
+    def __init__(self, instance_path: str, *, browser_url: str,
+                 clients: dict[str, dict]) -> None:
+        os.makedirs(instance_path, exist_ok=True)
+        self.instance_path = instance_path
+        self.browser_url = browser_url.rstrip("/")
+        self.clients = {
+            cid: {"secret": c["secret"], "redirect_uris": list(c.get("redirect_uris", [])),
+                  "name": c.get("name") or cid}
+            for cid, c in clients.items()}
+        self.directory: Directory = build_directory()
+        self.requests: list[tuple] = []
+        self.faults: dict = {}
+        self.time_offset: float = 0.0
+        self.store = Store(os.path.join(instance_path, "entra-emulator.sqlite"))
+        self.keys = KeyRing(self.store)
+        self._lock = threading.Lock()
+        if not self.store.signing_keys():
+            # Another process may win the race; only_if_empty keeps exactly one first key.
+            kid, pem, cert = new_signing_key()
+            self.store.add_signing_key(kid, pem, cert, time.time(), only_if_empty=True)
+        self.secret_key = self.store.get_or_set_meta("flask_secret_key",
+                                                     lambda: secrets.token_hex(32))
+        self.wsgi = create_app(self)
+
+    def now(self) -> float:
+        """The emulator's clock: wall time plus `time_offset` (for expiry tests)."""
+        return time.time() + self.time_offset
+
+    def mount(self, session: requests.Session) -> requests.Session:
+        """Route the session's calls to Entra ID and Graph into this emulator."""
+        adapter = EmulatorAdapter(self)
+        session.mount(f"https://{LOGIN_HOST}/", adapter)
+        session.mount(f"https://{GRAPH_HOST}/", adapter)
+        return session
+
+    def rotate_signing_key(self) -> str:
+        """Make a new current signing key; the JWKS keeps publishing the old ones."""
+        kid, pem, cert = new_signing_key()
+        self.store.add_signing_key(kid, pem, cert, time.time())
+        return kid
+
+    def set_tenant(self, tid: str, *, users_may_consent: bool | None = None,
+                   assignment_required: bool | None = None,
+                   assigned: list[str] | None = None) -> None:
+        """Change a tenant's switches (None leaves a switch unchanged); `assigned` lists oids."""
+        tenant = self.directory.tenant(tid)
+        if tenant is None:
+            raise KeyError(f"unknown tenant {tid!r}")
+        self.store.update_tenant_settings(tenant.tid, users_may_consent=users_may_consent,
+                                          assignment_required=assignment_required,
+                                          assigned=assigned)
+
+    def tenant_settings(self, tid: str) -> dict:
+        """The tenant's effective switches: directory defaults overridden by the store."""
+        tenant = self.directory.tenant(tid)
+        settings = {"users_may_consent": tenant.users_may_consent if tenant else True,
+                    "assignment_required": tenant.assignment_required if tenant else False,
+                    "assigned": []}
+        settings.update(self.store.tenant_settings(tenant.tid if tenant else tid))
+        return settings
+
+    def has_admin_consent(self, tid: str, client_id: str) -> bool:
+        """True when an admin of the tenant consented for the whole organisation."""
+        tenant = self.directory.tenant(tid)
+        return self.store.has_admin_consent(tenant.tid if tenant else tid, client_id)

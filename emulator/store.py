@@ -1,0 +1,177 @@
+"""SQLite state shared by every process that uses the same instance folder."""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS signing_keys (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, kid TEXT UNIQUE NOT NULL,
+    private_pem TEXT NOT NULL, cert_pem TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS auth_codes (
+    code TEXT PRIMARY KEY, data TEXT NOT NULL, expires REAL NOT NULL,
+    redeemed INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS refresh_tokens (
+    token TEXT PRIMARY KEY, data TEXT NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS consents (
+    tid TEXT NOT NULL, oid TEXT NOT NULL, client_id TEXT NOT NULL, scopes TEXT NOT NULL,
+    PRIMARY KEY (tid, oid, client_id));
+CREATE TABLE IF NOT EXISTS admin_consents (
+    tid TEXT NOT NULL, client_id TEXT NOT NULL, granted REAL NOT NULL,
+    PRIMARY KEY (tid, client_id));
+CREATE TABLE IF NOT EXISTS tenant_settings (
+    tid TEXT PRIMARY KEY, users_may_consent INTEGER, assignment_required INTEGER,
+    assigned TEXT);
+"""
+
+
+class Store:
+    """Short transactions on one SQLite file; one connection per thread."""
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.path = path
+        self._local = threading.local()
+        # executescript manages its own transaction; CREATE ... IF NOT EXISTS is idempotent.
+        self._conn().executescript(SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: we issue BEGIN ourselves so each unit is explicit.
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """Run a write transaction; BEGIN IMMEDIATE serialises writers across processes."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def query(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        return self._conn().execute(sql, args).fetchall()
+
+    # -- meta ---------------------------------------------------------------
+    def get_or_set_meta(self, name: str, make) -> str:
+        """Return the stored value, creating it once (first writer wins)."""
+        with self.tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+            if row:
+                return row["value"]
+            value = make()
+            db.execute("INSERT INTO meta (name, value) VALUES (?, ?)", (name, value))
+            return value
+
+    # -- signing keys ---------------------------------------------------------
+    def signing_keys(self) -> list[sqlite3.Row]:
+        """All keys, newest first (the first one is current)."""
+        return self.query("SELECT kid, private_pem, cert_pem FROM signing_keys ORDER BY seq DESC")
+
+    def add_signing_key(self, kid: str, private_pem: str, cert_pem: str, now: float,
+                        only_if_empty: bool = False) -> bool:
+        with self.tx() as db:
+            if only_if_empty and db.execute("SELECT 1 FROM signing_keys").fetchone():
+                return False
+            db.execute("INSERT INTO signing_keys (kid, private_pem, cert_pem, created) "
+                       "VALUES (?, ?, ?, ?)", (kid, private_pem, cert_pem, now))
+            return True
+
+    # -- authorization codes ------------------------------------------------
+    def add_code(self, code: str, data: dict, expires: float) -> None:
+        with self.tx() as db:
+            db.execute("INSERT INTO auth_codes (code, data, expires) VALUES (?, ?, ?)",
+                       (code, json.dumps(data), expires))
+
+    def redeem_code(self, code: str, now: float) -> tuple[str, dict | None]:
+        """Consume a code atomically: ("ok"|"unknown"|"expired"|"redeemed", data)."""
+        with self.tx() as db:
+            row = db.execute("SELECT data, expires, redeemed FROM auth_codes WHERE code=?",
+                             (code,)).fetchone()
+            if row is None:
+                return "unknown", None
+            # Mark it used whatever happens next: a code is good for one attempt only.
+            db.execute("UPDATE auth_codes SET redeemed=1 WHERE code=?", (code,))
+            if row["expires"] < now:
+                return "expired", None
+            if row["redeemed"]:
+                return "redeemed", None
+            return "ok", json.loads(row["data"])
+
+    # -- refresh tokens -------------------------------------------------------
+    def add_refresh_token(self, token: str, data: dict, expires: float) -> None:
+        with self.tx() as db:
+            db.execute("INSERT INTO refresh_tokens (token, data, expires) VALUES (?, ?, ?)",
+                       (token, json.dumps(data), expires))
+
+    def take_refresh_token(self, token: str, now: float) -> dict | None:
+        """Use a refresh token once (rotation, like Entra's for confidential clients)."""
+        with self.tx() as db:
+            row = db.execute("DELETE FROM refresh_tokens WHERE token=? RETURNING data, expires",
+                             (token,)).fetchone()
+        if row is None or row["expires"] < now:
+            return None
+        return json.loads(row["data"])
+
+    # -- consents -------------------------------------------------------------
+    def user_consent(self, tid: str, oid: str, client_id: str) -> set[str]:
+        rows = self.query("SELECT scopes FROM consents WHERE tid=? AND oid=? AND client_id=?",
+                          (tid, oid, client_id))
+        return set(rows[0]["scopes"].split()) if rows else set()
+
+    def add_user_consent(self, tid: str, oid: str, client_id: str, scopes: set[str]) -> None:
+        with self.tx() as db:
+            row = db.execute("SELECT scopes FROM consents WHERE tid=? AND oid=? AND client_id=?",
+                             (tid, oid, client_id)).fetchone()
+            merged = set(scopes) | (set(row["scopes"].split()) if row else set())
+            db.execute("INSERT OR REPLACE INTO consents (tid, oid, client_id, scopes) "
+                       "VALUES (?, ?, ?, ?)", (tid, oid, client_id, " ".join(sorted(merged))))
+
+    def has_admin_consent(self, tid: str, client_id: str) -> bool:
+        return bool(self.query("SELECT 1 FROM admin_consents WHERE tid=? AND client_id=?",
+                               (tid, client_id)))
+
+    def add_admin_consent(self, tid: str, client_id: str, now: float) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR IGNORE INTO admin_consents (tid, client_id, granted) "
+                       "VALUES (?, ?, ?)", (tid, client_id, now))
+
+    # -- tenant switches --------------------------------------------------------
+    def tenant_settings(self, tid: str) -> dict:
+        rows = self.query("SELECT users_may_consent, assignment_required, assigned "
+                          "FROM tenant_settings WHERE tid=?", (tid,))
+        if not rows:
+            return {}
+        row = rows[0]
+        out: dict = {}
+        if row["users_may_consent"] is not None:
+            out["users_may_consent"] = bool(row["users_may_consent"])
+        if row["assignment_required"] is not None:
+            out["assignment_required"] = bool(row["assignment_required"])
+        if row["assigned"] is not None:
+            out["assigned"] = json.loads(row["assigned"])
+        return out
+
+    def update_tenant_settings(self, tid: str, **changes) -> None:
+        """Set the given switches; a None value leaves that switch as it is."""
+        with self.tx() as db:
+            db.execute("INSERT OR IGNORE INTO tenant_settings (tid) VALUES (?)", (tid,))
+            for column, value in changes.items():
+                if value is None:
+                    continue
+                stored = json.dumps(list(value)) if column == "assigned" else int(bool(value))
+                # Column names come from our own keyword arguments, never from a request.
+                db.execute(f"UPDATE tenant_settings SET {column}=? WHERE tid=?", (stored, tid))

@@ -1,0 +1,76 @@
+"""A requests transport adapter that answers Microsoft hosts from the emulator in-process."""
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import BaseAdapter
+from requests.structures import CaseInsensitiveDict
+from requests.utils import get_encoding_from_headers
+from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+if TYPE_CHECKING:
+    from . import Emulator
+
+LOGIN_HOST = "login.microsoftonline.com"
+GRAPH_HOST = "graph.microsoft.com"
+GRAPH_PREFIX = "/graph"  # Graph paths live under this prefix inside the emulator's app
+
+
+class EmulatorAdapter(BaseAdapter):
+    """Turn a PreparedRequest into a WSGI call to the emulator and back into a Response."""
+
+    def __init__(self, emulator: "Emulator") -> None:
+        super().__init__()
+        self.emulator = emulator
+        self._lock = threading.Lock()
+
+    def send(self, request: requests.PreparedRequest, stream: bool = False, timeout=None,
+             verify=True, cert=None, proxies=None) -> requests.Response:
+        with self._lock:
+            self.emulator.requests.append((request.method, request.url, timeout))
+        without_scheme = request.url.split("://", 1)[-1]
+        for prefix in self.emulator.faults.get("timeout") or ():
+            if without_scheme.startswith(prefix):
+                raise requests.exceptions.ReadTimeout(
+                    f"Emulated read timeout for {request.url}", request=request)
+
+        parts = urlsplit(request.url)
+        host = (parts.hostname or "").lower()
+        if host == GRAPH_HOST:
+            path = GRAPH_PREFIX + parts.path
+        elif host == LOGIN_HOST:
+            path = parts.path
+        else:
+            raise requests.exceptions.ConnectionError(
+                f"The Entra emulator does not serve {host}", request=request)
+        body = request.body or b""
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
+        environ = EnvironBuilder(path=path, base_url=f"https://{parts.netloc}",
+                                 method=request.method, headers=headers, data=body,
+                                 query_string=parts.query).get_environ()
+        app_iter, status, response_headers = run_wsgi_app(self.emulator.wsgi, environ,
+                                                          buffered=True)
+        try:
+            content = b"".join(app_iter)
+        finally:
+            getattr(app_iter, "close", lambda: None)()
+
+        response = requests.Response()
+        code, _, reason = status.partition(" ")
+        response.status_code = int(code)
+        response.reason = reason
+        response.headers = CaseInsensitiveDict(list(response_headers.items()))
+        response._content = content
+        response.url = request.url
+        response.request = request
+        response.encoding = get_encoding_from_headers(response.headers)
+        response.connection = self
+        return response
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,130 @@
+"""Database models (SQLAlchemy 2 style). Personal data is stored only as vault ciphertext."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from flask_login import UserMixin
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import ForeignKey, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+db = SQLAlchemy(model_class=Base)
+
+
+def utcnow() -> datetime:
+    """Naive UTC: SQLite has no time zones, so every stored time is UTC by convention."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Organization(db.Model):
+    __tablename__ = "organizations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The Entra tenant this organisation is bound to (set by the first successful activation).
+    tenant_id: Mapped[str | None] = mapped_column(String(36), unique=True)
+    sso_active: Mapped[bool] = mapped_column(default=False)
+    sso_activated_at: Mapped[datetime | None]
+    sso_activated_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", use_alter=True, ondelete="SET NULL"))
+    store_profiles: Mapped[bool] = mapped_column(default=True)
+    require_sso: Mapped[bool] = mapped_column(default=False)
+    admin_consent_at: Mapped[datetime | None]
+    admin_consent_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", use_alter=True, ondelete="SET NULL"))
+
+    domains: Mapped[list[Domain]] = relationship(back_populates="organization", order_by="Domain.name")
+    sso_activated_by: Mapped[User | None] = relationship(foreign_keys=[sso_activated_by_id])
+    admin_consent_by: Mapped[User | None] = relationship(foreign_keys=[admin_consent_by_id])
+
+
+class Domain(db.Model):
+    __tablename__ = "domains"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # Normalised: lower case, IDNA A-label, no trailing dot.
+    name: Mapped[str] = mapped_column(String(253), unique=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+
+    organization: Mapped[Organization] = relationship(back_populates="domains")
+
+
+class User(UserMixin, db.Model):
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("tenant_id", "object_id", name="uq_users_tid_oid"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(String(16), default="member")
+    # Keyed HMAC of the normalised email (lookups) and the email itself, encrypted.
+    email_hmac: Mapped[bytes] = mapped_column(LargeBinary(32), index=True)
+    email_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    break_glass: Mapped[bool] = mapped_column(default=False)
+    # Entra identity: the only key for SSO users.
+    tenant_id: Mapped[str | None] = mapped_column(String(36))
+    object_id: Mapped[str | None] = mapped_column(String(36))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_sign_in_at: Mapped[datetime | None]
+
+    organization: Mapped[Organization] = relationship(foreign_keys=[organization_id])
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+class LoginSession(db.Model):
+    """A server-side record of a signed-in browser, so sign-out and expiry hold even for a copied cookie."""
+
+    __tablename__ = "login_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    method: Mapped[str] = mapped_column(String(16))  # "password" or "sso"
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    user: Mapped[User] = relationship()
+
+
+class StoredProfile(db.Model):
+    """The encrypted copy of a user's Entra profile and photo."""
+
+    __tablename__ = "stored_profiles"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    data_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    photo_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    read_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # False: the organisation keeps no copy, so this row lives only as long as the session that read it.
+    kept: Mapped[bool] = mapped_column(default=True)
+    session_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditEvent(db.Model):
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[int | None] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    action: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))  # "success" or "failure"
+    detail: Mapped[str] = mapped_column(Text, default="")  # a reason code or setting; never tokens or personal data
+    ip: Mapped[str | None] = mapped_column(String(45))
+
+    actor: Mapped[User | None] = relationship()
+
+
+class VaultCheck(db.Model):
+    """A value encrypted under the newest key, so a wrong key set is caught at start-up."""
+
+    __tablename__ = "vault_check"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
