@@ -11,6 +11,7 @@ import re
 import threading
 import time
 import unicodedata
+from collections import deque
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,7 @@ SCOPES = ["User.Read"]
 ADMIN_CONSENT_SCOPE = "https://graph.microsoft.com/.default"
 PERSONAL_TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"
 LEEWAY_SECONDS = 60
-JWKS_REFETCH_SECONDS = 60
+JWKS_REFETCHES_PER_MINUTE = 10
 MAX_ID_TOKEN = 16 * 1024
 MAX_PHOTO = 512 * 1024
 MAX_CLAIM = 256
@@ -208,6 +209,7 @@ class EntraClient:
         self._discovery: dict[str, Any] | None = None
         self._keys: dict[str, jwt.PyJWK] = {}
         self._keys_fetched_at = 0.0
+        self._refetches: deque[float] = deque()
 
     # -- outbound helpers -----------------------------------------------------------------------
 
@@ -295,8 +297,8 @@ class EntraClient:
         except requests.RequestException:
             raise EntraError("upstream_unreachable", "Microsoft could not be reached (token).", status=502,
                              title="Microsoft could not be reached", hint="Try again in a minute.") from None
-        except msal.exceptions.MsalServiceError as e:
-            log.warning("Token endpoint failed: %s", e.error)
+        except msal.exceptions.MsalServiceError as e:  # a 5xx from the token endpoint
+            log.warning("Token endpoint failed: %s", type(e).__name__)
             raise EntraError("token_endpoint_error", "Microsoft's token service failed.", status=502,
                              title="Microsoft could not finish the sign-in", hint="Try again in a minute.") from None
         except RuntimeError:  # MSAL's nonce check
@@ -337,16 +339,12 @@ class EntraClient:
         self._keys, self._keys_fetched_at = keys, time.monotonic()
 
     def _signing_key(self, kid: str | None) -> jwt.PyJWK:
+        """The published key for `kid`; an unknown kid triggers one refetch (keys rotate), rate-limited."""
         with self._lock:
             if not self._keys_fetched_at:
                 self._fetch_keys()
-            if kid is not None and kid not in self._keys and (
-                    time.monotonic() - self._keys_fetched_at > JWKS_REFETCH_SECONDS or not self._keys):
-                self._fetch_keys()  # keys rotate: look once more, at most once a minute
-            elif kid is not None and kid not in self._keys and self._keys_fetched_at:
-                # A fresh unknown kid right after a fetch may be a rotation we fetched just before.
-                if time.monotonic() - self._keys_fetched_at > 1:
-                    self._fetch_keys()
+            elif kid is not None and kid not in self._keys and self._may_refetch():
+                self._fetch_keys()
             if kid is None:
                 if len(self._keys) == 1:
                     return next(iter(self._keys.values()))
@@ -354,6 +352,15 @@ class EntraClient:
             if kid not in self._keys:
                 raise _invalid("unknown_kid")
             return self._keys[kid]
+
+    def _may_refetch(self) -> bool:
+        now = time.monotonic()
+        while self._refetches and now - self._refetches[0] > 60:
+            self._refetches.popleft()
+        if len(self._refetches) >= JWKS_REFETCHES_PER_MINUTE:
+            return False
+        self._refetches.append(now)
+        return True
 
     def validate_id_token(self, token: str, *, nonce: str) -> dict[str, Any]:
         """Check signature (RS256, published keys only), audience, issuer, times, tenant and nonce."""

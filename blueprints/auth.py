@@ -68,10 +68,12 @@ def login():
                                        next_path=next_path), 303)
 
 
-@bp.post("/login/password")
+@bp.route("/login/password", methods=["GET", "POST"])
 def password():
-    """Step two for local accounts."""
-    form = PasswordForm()
+    """Step two for local accounts; also reachable directly ("Use a password instead") while SSO is optional."""
+    form = PasswordForm(next=safe_next(request.args.get("next")))
+    if request.method == "GET":
+        return render_template("auth/password.html", form=form)
     if not form.validate_on_submit():
         return render_template("auth/password.html", form=form), 400
     try:
