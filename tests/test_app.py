@@ -79,3 +79,23 @@ def test_oversized_body_is_413_page(client):
 def test_healthz_reports_database(client):
     resp = client.get("/healthz")
     assert resp.status_code == 200 and resp.json == {"status": "ok"}
+
+
+def test_429_and_500_use_the_same_error_page(app):
+    from flask import abort
+
+    def limited():
+        abort(429)
+
+    def broken():
+        raise RuntimeError("a bug with a secret inside: s3cr3t")
+
+    app.add_url_rule("/limited-for-test", view_func=limited)
+    app.add_url_rule("/broken-for-test", view_func=broken)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    client = app.test_client()
+    resp = client.get("/limited-for-test")
+    assert resp.status_code == 429 and b"Error 429" in resp.data
+    resp = client.get("/broken-for-test")
+    assert resp.status_code == 500 and b"Error 500" in resp.data
+    assert b"s3cr3t" not in resp.data and b"Traceback" not in resp.data
