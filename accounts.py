@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 import idna
 from flask import Flask, current_app, has_request_context, request, session
 from flask_login import LoginManager, login_user, logout_user
+from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -71,6 +72,7 @@ class SignInFailed(PortalError):
 def init_app(app: Flask) -> None:
     """Bind the database, the vault, the Entra client and Flask-Login to the app."""
     db.init_app(app)
+    _secure_delete(app)
     vault.init_app(app)
     entra.init_app(app)
     manager = LoginManager()
@@ -788,6 +790,25 @@ def sweep_expired_sessions() -> tuple[int, int]:
                                        | StoredProfile.session_id.is_(None)),
         execution_options={"synchronize_session": False}).rowcount
     return len(expired), copies or 0
+
+
+def sweep_sessions() -> tuple[int, int]:
+    """Sweep expired sessions as one unit of work (the CLI's entry point)."""
+    found = sweep_expired_sessions()
+    db.session.commit()
+    return found
+
+
+def _secure_delete(app: Flask) -> None:
+    """SQLite: overwrite deleted rows, so a deleted copy's ciphertext does not linger in free pages."""
+    with app.app_context():
+        engine = db.engine
+    if engine.dialect.name == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _pragma(dbapi_connection, _record):
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA secure_delete = ON")
+            cursor.close()
 
 
 @dataclass
