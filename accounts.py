@@ -736,8 +736,6 @@ def _iso(value: datetime | None) -> str | None:
 
 def export_user_data(user: User) -> dict[str, Any]:
     """Everything the portal stores about `user`, decrypted, for "Download my data" (the export is audited)."""
-    record("data_export", "success", org=user.organization, actor=user)
-    db.session.commit()
     email = _open(user.email_enc, _email_aad(user), user, "email").decode() if user.email_enc else None
     profile = None
     row = db.session.get(StoredProfile, user.id)
@@ -750,6 +748,8 @@ def export_user_data(user: User) -> dict[str, Any]:
             "photo": None if photo is None else {"content_type": entra.photo_type(photo),
                                                  "base64": base64.b64encode(photo).decode("ascii")},
         }
+    record("data_export", "success", org=user.organization, actor=user)  # only once everything decrypted
+    db.session.commit()
     sessions = db.session.execute(db.select(LoginSession).where(LoginSession.user_id == user.id)
                                   .order_by(LoginSession.created_at)).scalars()
     events = db.session.execute(db.select(AuditEvent).where(AuditEvent.actor_id == user.id)
