@@ -5,6 +5,7 @@ the user must be told about.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -12,11 +13,12 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import idna
 from flask import Flask, current_app, has_request_context, request, session
 from flask_login import LoginManager, login_user, logout_user
+from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -70,6 +72,7 @@ class SignInFailed(PortalError):
 def init_app(app: Flask) -> None:
     """Bind the database, the vault, the Entra client and Flask-Login to the app."""
     db.init_app(app)
+    _secure_delete(app)
     vault.init_app(app)
     entra.init_app(app)
     manager = LoginManager()
@@ -171,12 +174,16 @@ def find_realm(raw_email: str) -> Realm:
 # -- users --------------------------------------------------------------------------------------
 
 def user_email(user: User) -> str:
-    return vault.get_vault().decrypt(user.email_enc, _email_aad(user)).decode()
+    """The user's email, decrypted; for a Microsoft-only account of an organisation that keeps no copy,
+    the one in this session's profile copy, or "" when none is held."""
+    if not user.email_enc:
+        return _email_from_copy(user)
+    return _open(user.email_enc, _email_aad(user), user, "email").decode()
 
 
 def display_user(user: User | None) -> str:
     """How a user is named on pages: their email, decrypted for display only."""
-    return user_email(user) if user is not None else "—"
+    return (user_email(user) or "—") if user is not None else "—"
 
 
 def _email_aad(user: User) -> bytes:
@@ -284,6 +291,7 @@ def start_session(user: User, method: str) -> str:
     session.permanent = True
     session["sid"] = sid
     login_user(user)
+    sweep_expired_sessions()  # every sign-in tidies up sessions nobody came back to
     return _sid_hash(sid)
 
 
@@ -478,8 +486,11 @@ def _link_or_create(org: Organization, result: entra.SignIn) -> User:
                 existing.tenant_id, existing.object_id = result.tenant_id, result.object_id
                 record("identity_linked", "success", org=org, actor=existing)
                 return existing
-    user = User(organization=org, role="member", tenant_id=result.tenant_id, object_id=result.object_id)
-    _set_email(user, normalise_or_raw(_display_email(result)))
+    # The email comes from Microsoft: store_profile keeps it only if the organisation keeps copies.
+    user = User(organization=org, role="member", tenant_id=result.tenant_id, object_id=result.object_id,
+                email_hmac=b"", email_enc=b"")
+    db.session.add(user)
+    db.session.flush()  # the session row about to be written needs the user's id
     record("user_created", "success", org=org, actor=user, detail="sso")
     return user
 
@@ -582,13 +593,14 @@ def store_profile(user: User, result: entra.SignIn, sid_hash: str | None) -> Non
     row.kept = bool(user.organization.store_profiles)
     row.session_id = None if row.kept else sid_hash
     db.session.add(row)
+    _keep_or_forget_email(user, result, row.kept)
 
 
 def profile_of(user: User) -> ProfileCopy | None:
     row = db.session.get(StoredProfile, user.id)
     if row is None:
         return None
-    claims = vault.get_vault().decrypt_json(row.data_enc, _profile_aad(user, "profile"))
+    claims = _open_json(row.data_enc, _profile_aad(user, "profile"), user, "profile")
     return ProfileCopy(claims=claims, read_at=row.read_at, has_photo=row.photo_enc is not None, kept=row.kept,
                        tenant_id=user.tenant_id, object_id=user.object_id)
 
@@ -597,9 +609,10 @@ def photo_of(user: User) -> tuple[bytes, str] | None:
     row = db.session.get(StoredProfile, user.id)
     if row is None or row.photo_enc is None:
         return None
-    data = vault.get_vault().decrypt(row.photo_enc, _profile_aad(user, "photo"))
+    data = _open(row.photo_enc, _profile_aad(user, "photo"), user, "photo")
     kind = entra.photo_type(data)
-    return (data, kind) if kind else None
+    # The same cap as when it was read: a bigger blob was not written by us.
+    return (data, kind) if kind and len(data) <= entra.MAX_PHOTO else None
 
 
 def database_ok() -> bool:
@@ -610,3 +623,279 @@ def database_ok() -> bool:
         log.exception("Health check: database unavailable")
         db.session.rollback()
         return False
+
+
+# -- personal data protection -------------------------------------------------------------------
+# The organisation's "store a copy" setting, a user's export and deletion of their data, the admin
+# purge, the sweep of abandoned sessions and key rotation.
+
+class StoredDataUnreadable(PortalError):
+    status = 500
+    title = "Stored data cannot be read"
+
+
+def _open(blob: bytes, aad: bytes, user: User, what: str) -> bytes:
+    """Decrypt a user's blob; a failure is logged (key id only) and shown as a page, the row is left alone."""
+    try:
+        return vault.get_vault().decrypt(blob, aad)
+    except vault.DecryptError as e:
+        raise _unreadable(user, what, e) from None
+
+
+def _open_json(blob: bytes, aad: bytes, user: User, what: str) -> Any:
+    try:
+        return vault.get_vault().decrypt_json(blob, aad)
+    except vault.DecryptError as e:
+        raise _unreadable(user, what, e) from None
+
+
+def _unreadable(user: User, what: str, e: vault.DecryptError) -> StoredDataUnreadable:
+    log.error("Stored %s of user %s cannot be decrypted: %s", what, user.id, e)
+    return StoredDataUnreadable(
+        "Part of what the portal stores about you cannot be decrypted, so it cannot be shown. "
+        "It was left unchanged for the portal's operator to look at.",
+        hint="Your administrator can check the encryption keys. You can also delete your stored copy "
+             "(Profile → Delete my stored copy); a new one is read at your next Microsoft sign-in.")
+
+
+def _microsoft_only(user: User) -> bool:
+    """An account that exists only through Microsoft: no password, so its email is Microsoft's data too."""
+    return user.password_hash is None and user.object_id is not None
+
+
+def _keep_or_forget_email(user: User, result: entra.SignIn, kept: bool) -> None:
+    """Keep a Microsoft-only user's email only where the organisation keeps copies; else it lives in the
+    session's profile copy and goes with it."""
+    if not _microsoft_only(user):
+        return  # a password account's email is its sign-in name, given by an admin
+    if not kept:
+        user.email_enc, user.email_hmac = b"", b""
+    elif not user.email_enc:
+        _set_email(user, normalise_or_raw(_display_email(result)))
+
+
+def _email_from_copy(user: User) -> str:
+    copy = profile_of(user)
+    if copy is None:
+        return ""
+    for key in ("mail", "userPrincipalName"):
+        value = copy.claims.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def _forget_copies(user_ids: Any, *, kept_only: bool) -> int:
+    """Delete the profile copies (and Microsoft-only emails) of the users `user_ids` selects; return copies deleted."""
+    query = db.delete(StoredProfile).where(StoredProfile.user_id.in_(user_ids))
+    if kept_only:
+        query = query.where(StoredProfile.kept.is_(True))
+    deleted = db.session.execute(query, execution_options={"synchronize_session": False}).rowcount
+    db.session.execute(
+        db.update(User).where(User.id.in_(user_ids), User.password_hash.is_(None), User.object_id.is_not(None))
+        .values(email_enc=b"", email_hmac=b""), execution_options={"synchronize_session": False})
+    db.session.expire_all()  # the bulk statements bypassed objects already loaded
+    return deleted or 0
+
+
+def set_store_profiles(org: Organization, keep: bool, actor: User) -> int:
+    """Change "Store an encrypted copy of user profiles"; turning it off deletes the stored copies now."""
+    if bool(org.store_profiles) == keep:
+        return 0
+    org.store_profiles = keep
+    deleted = 0
+    if not keep:
+        # Copies held for live sessions stay until those sessions end, as the setting promises.
+        deleted = _forget_copies(db.select(User.id).where(User.organization_id == org.id), kept_only=True)
+    record("store_profiles", "success", org=org, actor=actor,
+           detail=f"{'on' if keep else 'off'}; deleted {deleted}")
+    db.session.commit()
+    log.info("Organisation %s: store_profiles %s, %d copies deleted", org.id, keep, deleted)
+    return deleted
+
+
+def purge_profile_copies(org: Organization, actor: User) -> int:
+    """An admin deletes every profile copy of the organisation; return how many were deleted."""
+    deleted = _forget_copies(db.select(User.id).where(User.organization_id == org.id), kept_only=False)
+    record("profiles_purged", "success", org=org, actor=actor, detail=f"deleted {deleted}")
+    db.session.commit()
+    return deleted
+
+
+def delete_stored_copy(user: User) -> bool:
+    """A user deletes their own profile copy and photo; return whether there was one."""
+    deleted = _forget_copies(db.select(User.id).where(User.id == user.id), kept_only=False)
+    record("profile_deleted", "success", org=user.organization, actor=user, detail="by the user")
+    db.session.commit()
+    return bool(deleted)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() + "Z" if value is not None else None
+
+
+def export_user_data(user: User) -> dict[str, Any]:
+    """Everything the portal stores about `user`, decrypted, for "Download my data" (the export is audited)."""
+    email = _open(user.email_enc, _email_aad(user), user, "email").decode() if user.email_enc else None
+    profile = None
+    row = db.session.get(StoredProfile, user.id)
+    if row is not None:
+        photo = _open(row.photo_enc, _profile_aad(user, "photo"), user, "photo") if row.photo_enc else None
+        profile = {
+            "read_from_microsoft_at": _iso(row.read_at),
+            "kept_after_sign_out": row.kept,
+            "claims": _open_json(row.data_enc, _profile_aad(user, "profile"), user, "profile"),
+            "photo": None if photo is None else {"content_type": entra.photo_type(photo),
+                                                 "base64": base64.b64encode(photo).decode("ascii")},
+        }
+    record("data_export", "success", org=user.organization, actor=user)  # only once everything decrypted
+    db.session.commit()
+    sessions = db.session.execute(db.select(LoginSession).where(LoginSession.user_id == user.id)
+                                  .order_by(LoginSession.created_at)).scalars()
+    events = db.session.execute(db.select(AuditEvent).where(AuditEvent.actor_id == user.id)
+                                .order_by(AuditEvent.id)).scalars()
+    return {
+        "exported_at": _iso(utcnow()),
+        "account": {
+            "organisation": user.organization.name, "role": user.role, "email": email,
+            "has_password": user.password_hash is not None, "break_glass": user.break_glass,
+            "tenant_id": user.tenant_id, "object_id": user.object_id,
+            "created_at": _iso(user.created_at), "last_sign_in_at": _iso(user.last_sign_in_at),
+        },
+        "stored_profile": profile,
+        "sessions": [{"method": s.method, "started_at": _iso(s.created_at), "last_seen_at": _iso(s.last_seen_at)}
+                     for s in sessions],
+        "audit_events": [{"at": _iso(e.at), "action": e.action, "outcome": e.outcome, "detail": e.detail,
+                          "ip": e.ip} for e in events],
+    }
+
+
+def sweep_expired_sessions() -> tuple[int, int]:
+    """Delete sessions past their idle or absolute limit and profile copies no live session holds (caller commits).
+
+    Returns (sessions, copies) deleted. Runs at every sign-in and as `flask --app app sweep-sessions`.
+    """
+    cfg = current_app.config
+    now = utcnow()
+    expired = list(db.session.execute(db.select(LoginSession.id).where(
+        (LoginSession.last_seen_at < now - timedelta(minutes=cfg["SESSION_IDLE_MINUTES"]))
+        | (LoginSession.created_at < now - timedelta(hours=cfg["SESSION_MAX_HOURS"])))).scalars())
+    if expired:
+        db.session.execute(db.delete(LoginSession).where(LoginSession.id.in_(expired)),
+                           execution_options={"synchronize_session": False})
+    # Session-only copies whose session is gone (expired above, or replaced by a later sign-in).
+    copies = db.session.execute(
+        db.delete(StoredProfile).where(StoredProfile.kept.is_(False),
+                                       StoredProfile.session_id.not_in(db.select(LoginSession.id))
+                                       | StoredProfile.session_id.is_(None)),
+        execution_options={"synchronize_session": False}).rowcount
+    return len(expired), copies or 0
+
+
+def sweep_sessions() -> tuple[int, int]:
+    """Sweep expired sessions as one unit of work (the CLI's entry point)."""
+    found = sweep_expired_sessions()
+    db.session.commit()
+    return found
+
+
+def _secure_delete(app: Flask) -> None:
+    """SQLite: overwrite deleted rows, so a deleted copy's ciphertext does not linger in free pages."""
+    with app.app_context():
+        engine = db.engine
+    if engine.dialect.name == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _pragma(dbapi_connection, _record):
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA secure_delete = ON")
+            cursor.close()
+
+
+@dataclass
+class RotationCount:
+    reencrypted: int = 0
+    current: int = 0
+    unreadable: int = 0
+
+
+def rotation_total() -> int:
+    """How many rows `rotate_keys` looks at (for a progress bar)."""
+    return sum(db.session.scalar(db.select(db.func.count()).select_from(m)) or 0
+               for m in (User, StoredProfile, VaultCheck))
+
+
+def rotate_keys(batch_size: int = 200, progress: Callable[[int], None] | None = None) -> dict[str, RotationCount]:
+    """Re-encrypt every row under the newest key, committing a batch at a time.
+
+    Rows already under the newest key are skipped, so an interrupted run can simply be started again.
+    A row that cannot be decrypted is left unchanged and counted; the key check value moves to the
+    newest key last and only when every row could be read, so start-up keeps refusing a key ring
+    that lacks a key still in use.
+    """
+    v = vault.get_vault()
+    report = {"users": RotationCount(), "stored_profiles": RotationCount(), "vault_check": RotationCount()}
+    step = progress or (lambda n: None)
+
+    def rotate_user(row: Any) -> str:
+        user = row.User
+        if not user.email_enc or v.is_current(user.email_enc):
+            return "current"
+        email = v.decrypt(user.email_enc, _email_aad(user))
+        user.email_enc = v.encrypt(email, _email_aad(user))
+        user.email_hmac = v.blind_index(email.decode())
+        return "reencrypted"
+
+    def rotate_profile(found: Any) -> str:
+        row, user = found.StoredProfile, found.User
+        blobs = {"data_enc": (row.data_enc, "profile"), "photo_enc": (row.photo_enc, "photo")}
+        stale = {k: b for k, b in blobs.items() if b[0] is not None and not v.is_current(b[0])}
+        if not stale:
+            return "current"
+        fresh = {k: v.reencrypt(blob, _profile_aad(user, name)) for k, (blob, name) in stale.items()}
+        for key, blob in fresh.items():  # only after every blob of the row decrypted
+            setattr(row, key, blob)
+        return "reencrypted"
+
+    def batches(query: Any, key: Any):
+        last = None
+        while True:
+            q = query if last is None else query.where(key > last)
+            rows = list(db.session.execute(q.order_by(key).limit(batch_size)).all())
+            if not rows:
+                return
+            yield rows
+            last = rows[-1][-1]
+
+    def run(table: str, query: Any, key: Any, rotate: Callable[[Any], str]) -> None:
+        # Keyset pagination on the primary key (the last column), so committed batches never shift.
+        for rows in batches(query, key):
+            for row in rows:
+                try:
+                    outcome = rotate(row)
+                except vault.DecryptError as e:
+                    log.error("Key rotation: %s row %s cannot be decrypted and was left unchanged: %s",
+                              table, row[-1], e)
+                    outcome = "unreadable"
+                setattr(report[table], outcome, getattr(report[table], outcome) + 1)
+            db.session.commit()
+            step(len(rows))
+
+    run("users", db.select(User, User.id), User.id, rotate_user)
+    run("stored_profiles", db.select(StoredProfile, User, StoredProfile.user_id).join(
+        User, User.id == StoredProfile.user_id), StoredProfile.user_id, rotate_profile)
+    check = db.session.get(VaultCheck, 1)
+    if check is not None:
+        unreadable = sum(c.unreadable for c in report.values())
+        if v.is_current(check.value):
+            report["vault_check"].current += 1
+        elif unreadable:
+            pass  # left under the old key: start-up keeps demanding it while data needs it
+        else:
+            v.verify_check_value(check.value)
+            check.value = v.check_value()
+            report["vault_check"].reencrypted += 1
+            db.session.commit()
+        step(1)
+    log.info("Key rotation to %s: %s", v.current_key_id,
+             {t: (c.reencrypted, c.current, c.unreadable) for t, c in report.items()})
+    return report

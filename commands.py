@@ -18,7 +18,8 @@ DEMO_ORGS = (
 
 
 def init_app(app: Flask) -> None:
-    for command in (init_db, create_org, create_admin, deactivate_sso, generate_key, demo):
+    for command in (init_db, create_org, create_admin, deactivate_sso, generate_key, demo, rotate_keys,
+                    sweep_sessions):
         app.cli.add_command(command)
 
 
@@ -109,3 +110,32 @@ def demo(host: str, port: int, no_serve: bool) -> None:
         from werkzeug.serving import run_simple
 
         run_simple(host, port, current_app._get_current_object(), threaded=True)
+
+
+@click.command("rotate-keys")
+@with_appcontext
+@click.option("--batch-size", default=200, show_default=True, type=click.IntRange(1, 10_000),
+              help="Rows re-encrypted and committed together.")
+def rotate_keys(batch_size: int) -> None:
+    """Re-encrypt all personal data under the newest key (resumable: rows already under it are skipped)."""
+    v = vault.get_vault()
+    total = accounts.rotation_total()
+    with click.progressbar(length=total, label=f"Re-encrypting under key {v.current_key_id}") as bar:
+        report = accounts.rotate_keys(batch_size, progress=bar.update)
+    for table, count in report.items():
+        click.echo(f"{table}: {count.reencrypted} re-encrypted, {count.current} already under the newest key, "
+                   f"{count.unreadable} unreadable")
+    unreadable = sum(c.unreadable for c in report.values())
+    if unreadable:
+        raise click.ClickException(
+            f"{unreadable} rows could not be decrypted with the configured keys and were left unchanged "
+            "(the log names them). Keep every older key configured until they are dealt with.")
+    click.echo(f"All personal data is under key {v.current_key_id}; older keys can be removed from ENCRYPTION_KEYS.")
+
+
+@click.command("sweep-sessions")
+@with_appcontext
+def sweep_sessions() -> None:
+    """Delete expired sessions and the profile copies that lived only for them."""
+    sessions, copies = accounts.sweep_sessions()
+    click.echo(f"Deleted {sessions} expired sessions and {copies} session-only profile copies.")

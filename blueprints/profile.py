@@ -1,7 +1,9 @@
-"""The signed-in user's profile: the basic claims read at sign-in and the photo."""
+"""The signed-in user's profile: the basic claims read at sign-in, the photo, export and deletion of the copy."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, render_template
+import json
+
+from flask import Blueprint, abort, flash, redirect, render_template, url_for
 from flask_login import current_user, login_required
 
 import accounts
@@ -19,9 +21,35 @@ def show():
 @bp.get("/photo")
 @login_required
 def photo():
+    """Only the owner's own photo: the URL names no user, so nobody can ask for someone else's."""
     found = accounts.photo_of(current_user)
     if found is None:
         abort(404, "No photo is stored for you.")
     data, kind = found
     return data, 200, {"Content-Type": kind, "X-Content-Type-Options": "nosniff",
                        "Cache-Control": "private, no-store", "Content-Disposition": "inline"}
+
+
+@bp.post("/export")
+@login_required
+def export():
+    """Download my data: a POST because the export is audited."""
+    body = json.dumps(accounts.export_user_data(current_user), indent=2, ensure_ascii=False)
+    return body, 200, {"Content-Type": "application/json; charset=utf-8", "X-Content-Type-Options": "nosniff",
+                       "Cache-Control": "private, no-store",
+                       "Content-Disposition": 'attachment; filename="my-portal-data.json"'}
+
+
+@bp.get("/delete")
+@login_required
+def confirm_delete():
+    # Nothing is decrypted here, so an unreadable copy can still be deleted.
+    return render_template("profile/delete.html")
+
+
+@bp.post("/delete")
+@login_required
+def delete():
+    accounts.delete_stored_copy(current_user)
+    flash("Your stored copy is deleted.", "success")
+    return redirect(url_for("profile.show"), 303)

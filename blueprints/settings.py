@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
+from flask_wtf import FlaskForm
+from wtforms import BooleanField
 
 import accounts
 from models import Organization
@@ -17,6 +19,10 @@ def admins_only():
     if not current_user.is_admin:
         current_app.logger.warning("Non-admin user %s refused on %s", current_user.id, request.path)
         abort(403, "Only administrators of your organisation can open Settings.")
+
+
+class StoreProfilesForm(FlaskForm):
+    store_profiles = BooleanField("Store an encrypted copy of user profiles")
 
 
 def _org() -> Organization:
@@ -36,7 +42,8 @@ def general():
 @bp.get("/security")
 def security():
     return render_template("settings/security.html", org=_org(), tab="security",
-                           activated_by=accounts.display_user(_org().sso_activated_by))
+                           activated_by=accounts.display_user(_org().sso_activated_by),
+                           store_form=StoreProfilesForm(store_profiles=_org().store_profiles))
 
 
 @bp.post("/security/sso/activate")
@@ -59,4 +66,29 @@ def start_activation():
 def deactivate_sso():
     accounts.deactivate_sso(_org(), current_user)
     flash("Single sign-on is off. Members sign in with a password again.", "info")
+    return redirect(url_for("settings.security"), 303)
+
+
+@bp.post("/security/profiles")
+def store_profiles():
+    """Save "Store an encrypted copy of user profiles"; off deletes the stored copies."""
+    form = StoreProfilesForm()
+    if not form.validate_on_submit():
+        raise accounts.InvalidInput("The form was incomplete. Reload the SECURITY tab and try again.")
+    keep = bool(form.store_profiles.data)
+    deleted = accounts.set_store_profiles(_org(), keep, current_user)
+    flash("Profile copies are stored, encrypted." if keep else
+          f"Profile copies are no longer kept after sign-out; {deleted} stored copies were deleted.", "info")
+    return redirect(url_for("settings.security"), 303)
+
+
+@bp.get("/security/profiles/purge")
+def confirm_purge():
+    return render_template("settings/confirm_purge.html", org=_org(), tab="security")
+
+
+@bp.post("/security/profiles/purge")
+def purge_profiles():
+    deleted = accounts.purge_profile_copies(_org(), current_user)
+    flash(f"{deleted} stored profile copies were deleted.", "info")
     return redirect(url_for("settings.security"), 303)
