@@ -1,6 +1,7 @@
 """The `flask --app app ...` commands for operators."""
 from __future__ import annotations
 
+import json
 import sys
 
 import click
@@ -18,7 +19,7 @@ DEMO_ORGS = (
 
 
 def init_app(app: Flask) -> None:
-    for command in (init_db, create_org, create_admin, deactivate_sso, generate_key, demo):
+    for command in (init_db, create_org, create_admin, deactivate_sso, generate_key, demo, audit):
         app.cli.add_command(command)
 
 
@@ -109,3 +110,16 @@ def demo(host: str, port: int, no_serve: bool) -> None:
         from werkzeug.serving import run_simple
 
         run_simple(host, port, current_app._get_current_object(), threaded=True)
+
+
+@click.command("audit")
+@with_appcontext
+@click.option("--org", "org_name", required=True, help="The organisation's name.")
+def audit(org_name: str) -> None:
+    """Print an organisation's audit log as JSON lines, oldest first (time in UTC)."""
+    try:
+        org = accounts.get_organization(org_name)
+    except accounts.PortalError as e:
+        _fail(e)
+    for entry in accounts.audit_log(org):
+        click.echo(json.dumps(entry.as_json(), ensure_ascii=False))

@@ -1,13 +1,21 @@
-"""Settings (admins only): GENERAL and SECURITY tabs, single sign-on activation and deactivation."""
+"""Settings (admins only): GENERAL and SECURITY tabs, single sign-on, admin consent, enforcement, audit log."""
 from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
+from flask_wtf import FlaskForm
+from wtforms import BooleanField
 
 import accounts
 from models import Organization
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
+
+
+class EnforcementForm(FlaskForm):
+    """The SECURITY tab's "Require single sign-on" setting."""
+
+    require_sso = BooleanField("Require single sign-on")
 
 
 @bp.before_request
@@ -36,7 +44,11 @@ def general():
 @bp.get("/security")
 def security():
     return render_template("settings/security.html", org=_org(), tab="security",
-                           activated_by=accounts.display_user(_org().sso_activated_by))
+                           activated_by=accounts.display_user(_org().sso_activated_by),
+                           consent_by=accounts.display_user(_org().admin_consent_by),
+                           break_glass=accounts.break_glass_count(_org()),
+                           enforcement=EnforcementForm(require_sso=_org().require_sso),
+                           audit=accounts.audit_page(_org(), request.args.get("page", "1")))
 
 
 @bp.post("/security/sso/activate")
@@ -59,4 +71,22 @@ def start_activation():
 def deactivate_sso():
     accounts.deactivate_sso(_org(), current_user)
     flash("Single sign-on is off. Members sign in with a password again.", "info")
+    return redirect(url_for("settings.security"), 303)
+
+
+@bp.post("/security/admin-consent")
+def grant_admin_consent():
+    """Send the admin to Entra's admin-consent page for the organisation's bound tenant."""
+    return redirect(accounts.begin_admin_consent(_org(), current_user), 303)
+
+
+@bp.post("/security/require-sso")
+def require_sso():
+    """Turn "Require single sign-on" on or off."""
+    form = EnforcementForm()
+    if not form.validate_on_submit():
+        raise accounts.InvalidInput("The setting could not be read. Reload the page and try again.")
+    if accounts.set_require_sso(_org(), current_user, form.require_sso.data):
+        flash("Single sign-on is now required: members sign in with Microsoft; break-glass accounts keep their "
+              "password." if form.require_sso.data else "Single sign-on is no longer required.", "success")
     return redirect(url_for("settings.security"), 303)
