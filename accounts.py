@@ -631,7 +631,7 @@ def _refused(reason: str, message: str, *, title: str | None = None, status: int
     return error
 
 
-def require_admin(org: Organization | None, actor: User | None, what: str) -> None:
+def _require_admin(org: Organization | None, actor: User | None, what: str) -> None:
     """Only the organisation's own admins; refusals are logged with ids only, no personal data."""
     if org is None or actor is None or not actor.is_admin or actor.organization_id != org.id:
         log.warning("Refused %s for user %s", what, actor.id if actor is not None else "anonymous")
@@ -640,7 +640,7 @@ def require_admin(org: Organization | None, actor: User | None, what: str) -> No
 
 def begin_admin_consent(org: Organization, actor: User) -> str:
     """Keep a single-use state bound to the organisation, its tenant and the admin; return Entra's admin-consent URL."""
-    require_admin(org, actor, "admin consent")
+    _require_admin(org, actor, "admin consent")
     if not org.sso_active or not org.tenant_id:
         raise InvalidInput("Activate single sign-on first: admin consent is granted for the Microsoft tenant "
                            f"{org.name} is bound to.", status=409, title="Single sign-on is off")
@@ -679,7 +679,7 @@ def complete_admin_consent(pending: dict[str, Any], params: dict[str, str], acto
         log.warning("Admin-consent callback for user %s finished by user %s", pending.get("actor_id"),
                     actor.id if actor is not None else "anonymous")
         raise NotAllowed("Only the administrator who asked for admin consent can finish it. Nothing was recorded.")
-    require_admin(org, actor, "admin consent")
+    _require_admin(org, actor, "admin consent")
     try:
         if not org.sso_active or org.tenant_id != pending.get("tenant_id"):
             raise _refused("tenant_changed", "Single sign-on was turned off or bound to another tenant meanwhile. "
@@ -705,7 +705,7 @@ def complete_admin_consent(pending: dict[str, Any], params: dict[str, str], acto
 
 def set_require_sso(org: Organization, actor: User, required: bool) -> bool:
     """Turn SSO enforcement on or off; on needs SSO active and ends other non-break-glass password sessions."""
-    require_admin(org, actor, "SSO enforcement")
+    _require_admin(org, actor, "SSO enforcement")
     if required and not org.sso_active:
         record("require_sso", "failure", org=org, actor=actor, detail="sso_not_active")
         db.session.commit()
