@@ -899,3 +899,186 @@ def rotate_keys(batch_size: int = 200, progress: Callable[[int], None] | None = 
     log.info("Key rotation to %s: %s", v.current_key_id,
              {t: (c.reencrypted, c.current, c.unreadable) for t, c in report.items()})
     return report
+# == admin consent, SSO enforcement and the audit log ==========================================
+
+AUDIT_PAGE_SIZE = 25
+# How the SECURITY tab names actions; unknown codes are shown as they are.
+AUDIT_ACTIONS = {
+    "sign_in": "Sign-in", "sso_activate": "SSO activated", "sso_deactivate": "SSO deactivated",
+    "tenant_bound": "Tenant bound", "identity_linked": "Microsoft account linked", "user_created": "User created",
+    "admin_consent": "Admin consent", "require_sso": "Require single sign-on",
+    "profile_stored": "Profile copy stored", "profile_deleted": "Profile copy deleted",
+}
+
+
+def _refused(reason: str, message: str, *, title: str | None = None, status: int = 403) -> PortalError:
+    """A NotAllowed carrying a reason code for the audit log (like EntraError.reason)."""
+    error = NotAllowed(message, title=title, status=status)
+    error.reason = reason  # type: ignore[attr-defined]
+    return error
+
+
+def _require_admin(org: Organization | None, actor: User | None, what: str) -> None:
+    """Only the organisation's own admins; refusals are logged with ids only, no personal data."""
+    if org is None or actor is None or not actor.is_admin or actor.organization_id != org.id:
+        log.warning("Refused %s for user %s", what, actor.id if actor is not None else "anonymous")
+        raise NotAllowed("Only administrators of the organisation can do this.")
+
+
+def begin_admin_consent(org: Organization, actor: User) -> str:
+    """Keep a single-use state bound to the organisation, its tenant and the admin; return Entra's admin-consent URL."""
+    _require_admin(org, actor, "admin consent")
+    if not org.sso_active or not org.tenant_id:
+        raise InvalidInput("Activate single sign-on first: admin consent is granted for the Microsoft tenant "
+                           f"{org.name} is bound to.", status=409, title="Single sign-on is off")
+    state = secrets.token_urlsafe(32)
+    url = entra.client().admin_consent_url(org.tenant_id, state)
+    pending = {k: v for k, v in session.get("admin_consents", {}).items() if time_ok(v)}
+    while len(pending) >= MAX_PENDING_FLOWS:
+        pending.pop(min(pending, key=lambda k: pending[k]["started"]))
+    pending[state] = {"org_id": org.id, "tenant_id": org.tenant_id, "actor_id": actor.id,
+                      "started": int(utcnow().timestamp())}
+    session["admin_consents"] = pending
+    return url
+
+
+def take_admin_consent(states: list[str]) -> dict[str, Any]:
+    """Remove and return the admin-consent request a callback's state names: single use, 10 minutes, this browser."""
+    waiting = dict(session.get("admin_consents", {}))
+    state = states[0] if len(states) == 1 and states[0] and len(states[0]) <= 128 else None
+    pending = waiting.pop(state, None) if state else None
+    session["admin_consents"] = waiting  # gone before anything else happens, so it cannot be replayed
+    if pending is None:
+        log.warning("Admin-consent callback with a missing, unknown or used state")
+        raise InvalidInput("This admin-consent answer was not asked for in this browser, or was used already. "
+                           "Nothing was recorded. Start again from Settings → SECURITY.", title="Start again")
+    if not time_ok(pending):
+        log.warning("Admin-consent callback with an expired state")
+        raise InvalidInput("This admin-consent request took longer than 10 minutes and expired. Nothing was "
+                           "recorded. Start again from Settings → SECURITY.", title="Start again")
+    return pending
+
+
+def complete_admin_consent(pending: dict[str, Any], params: dict[str, str], actor: User | None) -> Organization:
+    """Record tenant-wide consent if Entra confirms it for the bound tenant; otherwise record the failure only."""
+    org = db.session.get(Organization, pending.get("org_id") or 0)
+    if actor is None or actor.id != pending.get("actor_id"):
+        log.warning("Admin-consent callback for user %s finished by user %s", pending.get("actor_id"),
+                    actor.id if actor is not None else "anonymous")
+        raise NotAllowed("Only the administrator who asked for admin consent can finish it. Nothing was recorded.")
+    _require_admin(org, actor, "admin consent")
+    try:
+        if not org.sso_active or org.tenant_id != pending.get("tenant_id"):
+            raise _refused("tenant_changed", "Single sign-on was turned off or bound to another tenant meanwhile. "
+                           "Nothing was recorded. Start again from Settings → SECURITY.", title="Start again")
+        answer = entra.parse_admin_consent(params)  # Entra's error first: it sends admin_consent=True on errors too
+        if answer.tenant_hint != org.tenant_id:
+            # The tenant parameter is unsigned: it may only confirm the tenant we sent the admin to.
+            raise _refused("tenant_mismatch", f"Microsoft's answer is not for the tenant {org.name} is bound to, "
+                           "so nothing was recorded.", title="Different tenant")
+    except (entra.EntraError, PortalError) as e:
+        db.session.rollback()
+        reason = getattr(e, "reason", None) or type(e).__name__
+        record("admin_consent", "failure", org=org, actor=actor, detail=reason)
+        db.session.commit()
+        log.info("Admin consent failed: %s", reason)
+        raise
+    org.admin_consent_at = utcnow()
+    org.admin_consent_by_id = actor.id
+    record("admin_consent", "success", org=org, actor=actor, detail=org.tenant_id or "")
+    db.session.commit()
+    return org
+
+
+def set_require_sso(org: Organization, actor: User, required: bool) -> bool:
+    """Turn SSO enforcement on or off; on needs SSO active and ends other non-break-glass password sessions."""
+    _require_admin(org, actor, "SSO enforcement")
+    if required and not org.sso_active:
+        record("require_sso", "failure", org=org, actor=actor, detail="sso_not_active")
+        db.session.commit()
+        raise InvalidInput("Activate single sign-on first: requiring it while it is off would lock members out.",
+                           status=409, title="Single sign-on is off")
+    if org.require_sso == required:
+        return False
+    org.require_sso = required
+    detail = "on" if required else "off"
+    if required:
+        # A password session started before enforcement would otherwise outlive it by hours.
+        users = db.select(User.id).where(User.organization_id == org.id, User.break_glass.is_(False))
+        query = db.delete(LoginSession).where(LoginSession.user_id.in_(users), LoginSession.method == "password")
+        sid_hash = current_sid_hash()
+        if sid_hash is not None:
+            query = query.where(LoginSession.id != sid_hash)
+        ended = db.session.execute(query).rowcount
+        detail += f" password_sessions_ended={ended}"
+    record("require_sso", "success", org=org, actor=actor, detail=detail)
+    db.session.commit()
+    return True
+
+
+def break_glass_count(org: Organization) -> int:
+    """Accounts of the organisation that may still use a password while SSO is required."""
+    return db.session.scalar(db.select(db.func.count()).select_from(User).where(
+        User.organization_id == org.id, User.break_glass.is_(True), User.password_hash.is_not(None))) or 0
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One audit event as pages and the CLI show it."""
+
+    time: datetime
+    actor: str | None
+    action: str
+    outcome: str
+    detail: str
+    ip: str | None
+
+    @property
+    def label(self) -> str:
+        return AUDIT_ACTIONS.get(self.action, self.action)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"time": self.time.strftime("%Y-%m-%dT%H:%M:%SZ"), "actor": self.actor, "action": self.action,
+                "outcome": self.outcome, "detail": self.detail, "ip": self.ip}
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    entries: list[AuditEntry]
+    page: int
+    pages: int
+    total: int
+
+
+def _audit_entries(events: Iterable[AuditEvent]) -> Iterable[AuditEntry]:
+    names: dict[int, str] = {}  # decrypt each actor's email once
+    for event in events:
+        actor = None
+        if event.actor_id is not None and event.actor is not None:
+            if event.actor_id not in names:
+                names[event.actor_id] = display_user(event.actor)
+            actor = names[event.actor_id]
+        yield AuditEntry(time=event.at, actor=actor, action=event.action, outcome=event.outcome,
+                         detail=event.detail, ip=event.ip)
+
+
+def audit_page(org: Organization, page: str | int = 1) -> AuditPage:
+    """One page of the organisation's audit log, newest first; a page that does not exist is a 404."""
+    total = db.session.scalar(db.select(db.func.count()).select_from(AuditEvent)
+                              .where(AuditEvent.organization_id == org.id)) or 0
+    pages = max(1, -(-total // AUDIT_PAGE_SIZE))
+    number = int(page) if str(page).isdigit() and len(str(page)) < 10 else 0
+    if not 1 <= number <= pages:
+        raise InvalidInput(f"The audit log has {pages} page{'s' if pages > 1 else ''}.", status=404,
+                           title="No such page")
+    events = db.session.execute(db.select(AuditEvent).where(AuditEvent.organization_id == org.id)
+                                .order_by(AuditEvent.id.desc())
+                                .offset((number - 1) * AUDIT_PAGE_SIZE).limit(AUDIT_PAGE_SIZE)).scalars()
+    return AuditPage(entries=list(_audit_entries(events)), page=number, pages=pages, total=total)
+
+
+def audit_log(org: Organization) -> Iterable[AuditEntry]:
+    """The organisation's whole audit log, oldest first, streamed in batches (for the CLI)."""
+    events = db.session.execute(db.select(AuditEvent).where(AuditEvent.organization_id == org.id)
+                                .order_by(AuditEvent.id).execution_options(yield_per=500)).scalars()
+    return _audit_entries(events)

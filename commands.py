@@ -1,6 +1,7 @@
 """The `flask --app app ...` commands for operators."""
 from __future__ import annotations
 
+import json
 import sys
 
 import click
@@ -19,7 +20,7 @@ DEMO_ORGS = (
 
 def init_app(app: Flask) -> None:
     for command in (init_db, create_org, create_admin, deactivate_sso, generate_key, demo, rotate_keys,
-                    sweep_sessions):
+                    sweep_sessions, audit):
         app.cli.add_command(command)
 
 
@@ -139,3 +140,14 @@ def sweep_sessions() -> None:
     """Delete expired sessions and the profile copies that lived only for them."""
     sessions, copies = accounts.sweep_sessions()
     click.echo(f"Deleted {sessions} expired sessions and {copies} session-only profile copies.")
+@click.command("audit")
+@with_appcontext
+@click.option("--org", "org_name", required=True, help="The organisation's name.")
+def audit(org_name: str) -> None:
+    """Print an organisation's audit log as JSON lines, oldest first (time in UTC)."""
+    try:
+        org = accounts.get_organization(org_name)
+    except accounts.PortalError as e:
+        _fail(e)
+    for entry in accounts.audit_log(org):
+        click.echo(json.dumps(entry.as_json(), ensure_ascii=False))

@@ -459,7 +459,7 @@ class EntraClient:
 def parse_admin_consent(params: dict[str, str]) -> AdminConsent:
     """Read an admin-consent callback whose state the caller has already checked: error first, then success."""
     if params.get("error"):
-        raise explain(params.get("error"), params.get("error_description"))
+        raise explain_admin_consent(params.get("error"), params.get("error_description"))
     if str(params.get("admin_consent", "")).lower() != "true":
         raise EntraError("bad_admin_consent", "Microsoft's answer did not confirm admin consent.", status=400,
                          title="Admin consent was not confirmed")
@@ -492,3 +492,33 @@ def _invalid(reason: str) -> EntraError:
     return EntraError(f"id_token_{reason}", "Microsoft's answer could not be verified, so you are not signed in.",
                       status=401, title="Sign-in could not be verified",
                       hint="Start the sign-in again. If it keeps failing, tell the portal's operator.")
+
+
+# -- admin consent errors -----------------------------------------------------------------------
+
+_MANUAL_PATH = ("Or grant it by hand: Entra admin centre → Enterprise applications → the portal → Permissions → "
+                "Grant admin consent for (your company), then review the Microsoft Graph permission User.Read.")
+_EXPLAIN_ADMIN_CONSENT: dict[str, tuple[int, str, str, str]] = {
+    # The sign-in texts speak to a member; an admin granting for everyone needs other words.
+    "65004": (403, "Admin consent was declined",
+              "Cancel was chosen on Microsoft's permissions page, so nothing was granted and members are still "
+              "asked one by one.",
+              "Start again from Settings → SECURITY and choose Accept. " + _MANUAL_PATH),
+    "90094": (403, "That account cannot grant admin consent",
+              "The Microsoft account you used is not allowed to grant consent for the whole organisation. "
+              "Nothing was granted.",
+              "Use an account with the Global Administrator, Cloud Application Administrator or Application "
+              "Administrator role, or ask one of them. " + _MANUAL_PATH),
+}
+
+
+def explain_admin_consent(error: str | None, description: str | None) -> EntraError:
+    """An EntraError for a failed admin-consent round trip, in words for the admin who tried."""
+    code = aadsts_code(description)
+    if code not in _EXPLAIN_ADMIN_CONSENT:
+        found = explain(error, description)
+        found.title = "Admin consent was not granted"
+        found.hint = (found.hint or "") + " " + _MANUAL_PATH
+        return found
+    status, title, message, hint = _EXPLAIN_ADMIN_CONSENT[code]
+    return EntraError(f"entra_AADSTS{code}", message, status=status, title=title, hint=hint, code=f"AADSTS{code}")

@@ -110,6 +110,16 @@ def callback():
     return redirect(safe_next(pending.get("next")), 303)
 
 
+@bp.get(entra.ADMIN_CONSENT_CALLBACK_PATH)
+def admin_consent_callback():
+    """Microsoft sends the admin back here after granting (or not) consent for the organisation."""
+    pending = accounts.take_admin_consent(request.args.getlist("state"))
+    actor = current_user if current_user.is_authenticated else None
+    accounts.complete_admin_consent(pending, request.args.to_dict(flat=True), actor=actor)
+    flash("Admin consent is granted: members of your organisation are no longer asked to consent.", "success")
+    return redirect(url_for("settings.security"), 303)
+
+
 @bp.post("/logout")
 @login_required
 def logout():

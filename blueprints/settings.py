@@ -1,4 +1,4 @@
-"""Settings (admins only): GENERAL and SECURITY tabs, single sign-on activation and deactivation."""
+"""Settings (admins only): GENERAL and SECURITY tabs, single sign-on, admin consent, enforcement, audit log."""
 from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
@@ -10,6 +10,12 @@ import accounts
 from models import Organization
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
+
+
+class EnforcementForm(FlaskForm):
+    """The SECURITY tab's "Require single sign-on" setting."""
+
+    require_sso = BooleanField("Require single sign-on")
 
 
 @bp.before_request
@@ -43,7 +49,11 @@ def general():
 def security():
     return render_template("settings/security.html", org=_org(), tab="security",
                            activated_by=accounts.display_user(_org().sso_activated_by),
-                           store_form=StoreProfilesForm(store_profiles=_org().store_profiles))
+                           store_form=StoreProfilesForm(store_profiles=_org().store_profiles),
+                           consent_by=accounts.display_user(_org().admin_consent_by),
+                           break_glass=accounts.break_glass_count(_org()),
+                           enforcement=EnforcementForm(require_sso=_org().require_sso),
+                           audit=accounts.audit_page(_org(), request.args.get("page", "1")))
 
 
 @bp.post("/security/sso/activate")
@@ -91,4 +101,22 @@ def confirm_purge():
 def purge_profiles():
     deleted = accounts.purge_profile_copies(_org(), current_user)
     flash(f"{deleted} stored profile copies were deleted.", "info")
+    return redirect(url_for("settings.security"), 303)
+
+
+@bp.post("/security/admin-consent")
+def grant_admin_consent():
+    """Send the admin to Entra's admin-consent page for the organisation's bound tenant."""
+    return redirect(accounts.begin_admin_consent(_org(), current_user), 303)
+
+
+@bp.post("/security/require-sso")
+def require_sso():
+    """Turn "Require single sign-on" on or off."""
+    form = EnforcementForm()
+    if not form.validate_on_submit():
+        raise accounts.InvalidInput("The setting could not be read. Reload the page and try again.")
+    if accounts.set_require_sso(_org(), current_user, form.require_sso.data):
+        flash("Single sign-on is now required: members sign in with Microsoft; break-glass accounts keep their "
+              "password." if form.require_sso.data else "Single sign-on is no longer required.", "success")
     return redirect(url_for("settings.security"), 303)
