@@ -98,7 +98,7 @@ class Walk:
 
     # -- primitives ---------------------------------------------------------------------------
 
-    def at(self, heading: str, key: str) -> "Walk":
+    def at(self, heading: str | re.Pattern, key: str) -> "Walk":
         """Wait for the page whose main heading is `heading`, then check it; `key` names the page."""
         expect(self.page.locator("h1")).to_have_text(heading)
         if self.auditor is not None:
@@ -167,15 +167,17 @@ class Walk:
         return self.at("Before you continue to Microsoft", key).click("Continue to Microsoft")
 
     def at_microsoft(self, account: str | None = None, *, consent: str | None = "accept",
-                     on_behalf: bool = False) -> "Walk":
+                     on_behalf: bool = False, signed_in: bool = False) -> "Walk":
         """The emulated Microsoft pages: pick `account`, then answer the consent page.
 
         consent: "accept" or "cancel" when the consent page must appear, None when it must not.
+        signed_in: Microsoft still knows this browser's account, so it shows no account picker.
         """
-        self.at("Pick an account", "microsoft-sign-in")
-        if account is not None:
-            self.page.get_by_role("radio", name=re.compile(re.escape(account))).check()
-        self.click("Sign in")
+        if not signed_in:
+            self.at(re.compile(r"^(Pick an account|Sign in as an administrator)$"), "microsoft-sign-in")
+            if account is not None:
+                self.page.get_by_role("radio", name=re.compile(re.escape(account))).check()
+            self.click("Sign in")
         if consent is None:
             self.page.wait_for_url(lambda url: "/_entra/" not in url)
             return self
