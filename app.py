@@ -6,7 +6,7 @@ import os
 import secrets
 from typing import Any, Mapping
 
-from flask import Flask, render_template
+from flask import Flask, Response, render_template, request
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException
 
@@ -65,6 +65,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, instance_path: s
         app.register_blueprint(bp)
     commands.init_app(app)
     _register_error_pages(app)
+    app.after_request(_no_store)
     with app.app_context():
         accounts.startup_check(create=bool(app.config["DEMO_MODE"]))
     return app
@@ -145,6 +146,13 @@ def _wire_emulator(app: Flask) -> None:
     emu.mount(entra.get_http(app))
     app.extensions["entra_emulator"] = emu
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/_entra": emu.wsgi})
+
+
+def _no_store(response: Response) -> Response:
+    """Keep pages out of every cache: after sign-out, Back must not show a profile again (back/forward cache)."""
+    if request.endpoint != "static":
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
 
 
 def _register_error_pages(app: Flask) -> None:

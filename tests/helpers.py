@@ -143,9 +143,10 @@ def sso_sign_in(client, email: str, **kwargs):
     return through_microsoft(client, start_sso(client, email), user=kwargs.pop("user", email), **kwargs)
 
 
-def activate_sso(client, *, admin: str = "admin@northwind.example", microsoft_user: str | None = None, **kwargs):
+def activate_sso(client, *, admin: str = "admin@northwind.example", microsoft_user: str | None = None,
+                 password: str = PASSWORD, **kwargs):
     """A signed-out browser: the local admin signs in, then Settings → SECURITY → Activate SSO → Microsoft."""
-    password_sign_in(client, admin)
+    password_sign_in(client, admin, password)
     security = client.get("/settings/security")
     consent = submit(client, security, "Activate SSO")
     assert b"Continue to Microsoft" in consent.data

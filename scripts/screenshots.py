@@ -1,0 +1,71 @@
+"""Save PNGs of the key pages into docs/screenshots/, walking the demo the way the browser tests do.
+
+Run from the repository root: .venv/bin/python scripts/screenshots.py   (needs /usr/bin/chromium)
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "browser")]
+
+from playwright.sync_api import Page, sync_playwright  # noqa: E402
+
+from commands import DEMO_PASSWORD  # noqa: E402
+from live import LivePortal, launch_chromium  # noqa: E402
+from steps import Walk  # noqa: E402
+
+OUT = os.path.join(ROOT, "docs", "screenshots")
+ADMIN = "admin@northwind.example"
+MEMBER = "lena.fischer@northwind.example"
+# Page key (as named by Walk.at) → file; the first visit of each key is the one kept.
+PAGES = {
+    "login": "01-login-prompt.png",
+    "password": "02-password-step.png",
+    "settings-security": "03-security-off.png",
+    "consent-explanation-admin": "04-consent-explanation.png",
+    "microsoft-sign-in": "05-microsoft-sign-in.png",
+    "microsoft-consent": "06-microsoft-consent.png",
+    "security-active": "07-security-active.png",
+    "profile": "08-profile.png",
+    "error": "09-consent-declined.png",
+    "profile-360": "10-profile-360px.png",
+}
+
+
+def main() -> None:
+    os.makedirs(OUT, exist_ok=True)
+    saved: set[str] = set()
+
+    def shoot(key: str, page: Page) -> None:
+        if key in PAGES and key not in saved:
+            page.screenshot(path=os.path.join(OUT, PAGES[key]), full_page=True)
+            saved.add(key)
+            print("saved", PAGES[key])
+
+    with tempfile.TemporaryDirectory() as instance, LivePortal(instance) as portal, sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        desktop = browser.new_context(viewport={"width": 1024, "height": 640}, java_script_enabled=False)
+        walk = Walk(desktop.new_page(), portal, on_arrive=shoot)
+        walk.sign_in_locally(ADMIN, DEMO_PASSWORD).open_security()
+        walk.activate_sso(ADMIN).at("Settings", "security-active")
+        walk.sign_out()
+        walk.sso_sign_in(MEMBER).at("Welcome", "home")
+        walk.click("Profile", role="link").at("Your profile", "profile")
+        walk.sign_out()
+        walk.sso_sign_in("omar.haddad@northwind.example", consent="cancel").at("Consent was declined", "error")
+
+        phone = browser.new_context(viewport={"width": 360, "height": 740}, java_script_enabled=False)
+        walk = Walk(phone.new_page(), portal, on_arrive=shoot)
+        walk.sso_sign_in(MEMBER, explanation=False, consent=None).at("Welcome", "home")
+        walk.click("Profile", role="link").at("Your profile", "profile-360")
+        browser.close()
+    missing = set(PAGES) - saved
+    if missing:
+        sys.exit("not reached: " + ", ".join(sorted(missing)))
+
+
+if __name__ == "__main__":
+    main()
