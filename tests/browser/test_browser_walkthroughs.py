@@ -1,6 +1,7 @@
 """The walkthroughs of issue 7 in a real browser (JavaScript off); every page reached passes the checks in Walk.at()."""
 from __future__ import annotations
 
+import json
 import re
 
 from playwright.sync_api import expect
@@ -87,3 +88,48 @@ def test_5_sign_out_then_back_shows_no_personal_data(walk, northwind_sso):
     walk.page.go_forward(wait_until="commit")
     walk.at("Sign in", "signed-out")
     walk.goto("/profile/").at("Sign in", "login")
+
+
+SECOND_MEMBER = "omar.haddad@northwind.example"
+
+
+def test_3_admin_grants_admin_consent_and_a_new_member_is_not_asked(walk, northwind_sso):
+    walk.sso_sign_in(ADMIN, explanation=False, consent=None).at("Welcome", "home")
+    walk.open_security()
+    assert "Status: Not confirmed" in walk.page.inner_text("main")
+    walk.click("Grant admin consent for your organization")
+    if walk.page.get_by_role("heading", name="Sign in as an administrator").count():
+        walk.at("Sign in as an administrator", "microsoft-admin-sign-in").click("Sign in")
+    walk.at("Permissions requested", "microsoft-admin-consent")
+    assert "Accept for your organization" in walk.page.inner_text("main")
+    walk.click("Accept")
+    walk.page.wait_for_url(lambda url: "/_entra/" not in url)
+    walk.at("Settings", "security-admin-consent")
+    main = walk.page.inner_text("main")
+    assert "Status: Granted" in main and ADMIN in main
+    walk.sign_out()
+
+    # A member who never signed in: no consent explanation here, no consent page at Microsoft.
+    walk.open_login().enter_email(SECOND_MEMBER)
+    assert walk.on_microsoft(), "the portal went straight to Microsoft"
+    walk.at_microsoft(SECOND_MEMBER, consent=None)
+    walk.at("Welcome", "home")
+    walk.click("Profile", role="link").at("Your profile", "profile")
+    assert walk.facts()["Name"] == "Omar Haddad"
+
+
+def test_6_member_downloads_then_deletes_their_stored_copy(walk, northwind_sso):
+    walk.sso_sign_in(MEMBER).at("Welcome", "home")
+    walk.click("Profile", role="link").at("Your profile", "profile")
+    with walk.page.expect_download() as download:
+        walk.click("Download my data")
+    data = json.loads(open(download.value.path(), encoding="utf-8").read())
+    assert download.value.suggested_filename.endswith(".json")
+    assert "Lena Fischer" in json.dumps(data, ensure_ascii=False) and "Sales Manager" in json.dumps(data)
+
+    walk.click("Delete my stored copy").at("Delete your stored copy?", "confirm-delete")
+    walk.click("Delete my stored copy").at("Your profile", "profile-deleted")
+    assert "Your stored copy is deleted." in walk.flash()
+    main = walk.page.inner_text("main")
+    assert "Sales Manager" not in main and "No Microsoft profile is stored for you" in main
+    assert walk.page.get_by_role("img", name="Your profile photo").count() == 0
