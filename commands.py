@@ -28,6 +28,14 @@ def _fail(e: Exception) -> None:
     raise click.ClickException(getattr(e, "message", str(e)))
 
 
+def _organization(name: str):
+    """The organisation called `name`, or a one-line error and exit code 1."""
+    try:
+        return accounts.get_organization(name)
+    except accounts.PortalError as e:
+        _fail(e)
+
+
 @click.command("init-db")
 @with_appcontext
 def init_db() -> None:
@@ -73,10 +81,7 @@ def create_admin(email: str, org_name: str, password_stdin: bool, break_glass: b
 @click.option("--org", "org_name", required=True, help="The organisation's name.")
 def deactivate_sso(org_name: str) -> None:
     """Turn single sign-on off for an organisation (the operator's way back in)."""
-    try:
-        org = accounts.get_organization(org_name)
-    except accounts.PortalError as e:
-        _fail(e)
+    org = _organization(org_name)
     accounts.deactivate_sso(org, None, via="cli")
     click.echo(f"Single sign-on is off for {org.name}; password accounts can sign in.")
 
@@ -140,14 +145,13 @@ def sweep_sessions() -> None:
     """Delete expired sessions and the profile copies that lived only for them."""
     sessions, copies = accounts.sweep_sessions()
     click.echo(f"Deleted {sessions} expired sessions and {copies} session-only profile copies.")
+
+
 @click.command("audit")
 @with_appcontext
 @click.option("--org", "org_name", required=True, help="The organisation's name.")
 def audit(org_name: str) -> None:
     """Print an organisation's audit log as JSON lines, oldest first (time in UTC)."""
-    try:
-        org = accounts.get_organization(org_name)
-    except accounts.PortalError as e:
-        _fail(e)
+    org = _organization(org_name)
     for entry in accounts.audit_log(org):
         click.echo(json.dumps(entry.as_json(), ensure_ascii=False))
