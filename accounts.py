@@ -6,6 +6,7 @@ the user must be told about.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import re
@@ -278,7 +279,14 @@ def _sid_hash(sid: str) -> str:
 
 def start_session(user: User, method: str) -> str:
     """Rotate the browser session and record it server-side (the caller commits); returns the id's hash."""
+    flows = session.get("flows")
+    previous = current_sid_hash()
+    if previous is not None and (row := db.session.get(LoginSession, previous)) is not None:
+        _drop_login_session(row)  # a sign-in on top of another replaces it
     session.clear()
+    if isinstance(flows, dict):
+        # Sign-ins started in other tabs stay usable (single-use, PKCE-bound); everything else is dropped.
+        session["flows"] = {k: v for k, v in flows.items() if time_ok(v)}
     sid = secrets.token_urlsafe(32)
     db.session.add(LoginSession(id=_sid_hash(sid), user_id=user.id, method=method))
     session.permanent = True
@@ -375,7 +383,8 @@ def begin_sso(purpose: str, *, org: Organization, login_hint: str | None, next_p
     while len(flows) >= MAX_PENDING_FLOWS:
         flows.pop(min(flows, key=lambda k: flows[k]["started"]))
     flows[flow["state"]] = {"flow": flow, "purpose": purpose, "org_id": org.id, "next": next_path,
-                            "actor_id": actor.id if actor else None, "started": int(utcnow().timestamp())}
+                            "actor_id": actor.id if actor else None, "started": utcnow().timestamp(),  # float: oldest is well-defined
+                            "account": account_key(login_hint)}
     session["flows"] = flows
     return auth_uri
 
@@ -610,3 +619,23 @@ def database_ok() -> bool:
         log.exception("Health check: database unavailable")
         db.session.rollback()
         return False
+
+
+# -- hardening: sign-in throttle keys -----------------------------------------------------------
+
+def account_key(raw_email: str | None) -> str | None:
+    """A keyed hash of the account an email names, for rate limits: no personal data in limiter storage or logs."""
+    if not isinstance(raw_email, str) or not raw_email.strip():
+        return None
+    try:
+        email = normalise_email(raw_email)
+    except InvalidInput:
+        email = raw_email.strip().lower()[:MAX_EMAIL]  # junk is throttled too, under its own key
+    secret = str(current_app.config["SECRET_KEY"]).encode()
+    return hmac.new(secret, b"throttle:" + email.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def flow_account(state: str | None) -> str | None:
+    """The throttle key of the account a pending sign-in began with, if the callback's state names one."""
+    pending = session.get("flows", {}).get(state) if isinstance(state, str) else None
+    return pending.get("account") if isinstance(pending, dict) else None
