@@ -6,7 +6,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 
 from app import create_app
-from helpers import activate_sso, csrf, password_sign_in, start_sso, submit, through_microsoft
+from helpers import (activate_sso, csrf, password_sign_in, sign_out, sso_sign_in, start_sso, submit,
+                     through_microsoft)
 from models import AuditEvent, db
 from test_app import REAL
 from test_hardening_fuzz import dump_database
@@ -55,19 +56,22 @@ def test_hostile_next_through_microsoft_falls_back(client, active):  # noqa: F81
 
 
 def test_redirect_uri_and_sign_out_target_ignore_the_host_header(client, active):  # noqa: F811
-    forged = {"Host": "evil.example", "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"}
+    forged = {"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"}
+    sso_sign_in(client, LENA)
+    sign_out(client)  # from now on the login prompt sends Lena straight to Microsoft
     token = csrf(client)
     client.set_cookie("session", client.get_cookie("session", domain="portal.test").value, domain="evil.example")
-    resp = client.post("/login", data={"email": LENA, "csrf_token": token}, headers=forged)
-    if b"Continue to Microsoft" in resp.data:
-        resp = submit(client, resp, "Continue to Microsoft")
-    assert resp.request.host == "evil.example"
+    resp = client.post("/login", data={"email": LENA, "csrf_token": token}, headers=forged,
+                       base_url="http://evil.example")  # the request's Host header
+    assert resp.status_code == 303 and resp.request.host == "evil.example"
     query = parse_qs(urlsplit(resp.headers["Location"]).query)
     assert query["redirect_uri"] == [CALLBACK]
-    through_microsoft(client, resp, user=LENA)
+    client.set_cookie("session", client.get_cookie("session", domain="evil.example").value, domain="portal.test")
+    assert through_microsoft(client, resp, user=LENA).status_code == 303
     token = csrf(client, "/")
     client.set_cookie("session", client.get_cookie("session", domain="portal.test").value, domain="evil.example")
-    out = client.post("/logout", data={"csrf_token": token}, headers=forged)
+    out = client.post("/logout", data={"csrf_token": token}, headers=forged, base_url="http://evil.example")
+    assert out.request.host == "evil.example"
     assert parse_qs(urlsplit(out.headers["Location"]).query)["post_logout_redirect_uri"] == ["http://portal.test/login"]
 
 
