@@ -25,7 +25,7 @@ DEFAULT_AUTHORITY = "https://login.microsoftonline.com/organizations"
 DEMO_CLIENT_ID = "5f0d1c2e-0000-4000-8000-00000000d3e0"
 # What the sign-in throttles count: the login prompt, password step, "Continue to Microsoft", callbacks.
 SIGN_IN_ENDPOINTS = {("auth.login", "POST"), ("auth.password", "POST"), ("auth.sso_start", "POST"),
-                     ("auth.callback", "GET")}
+                     ("auth.callback", "GET"), ("auth.admin_consent_callback", "GET")}
 WEAK_SECRETS = {"dev", "secret", "changeme", "change-me", "development", "test"}
 
 log = logging.getLogger(__name__)
