@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import logging
 import re
@@ -285,7 +286,14 @@ def _sid_hash(sid: str) -> str:
 
 def start_session(user: User, method: str) -> str:
     """Rotate the browser session and record it server-side (the caller commits); returns the id's hash."""
+    flows = session.get("flows")
+    previous = current_sid_hash()
+    if previous is not None and (row := db.session.get(LoginSession, previous)) is not None:
+        _drop_login_session(row)  # a sign-in on top of another replaces it
     session.clear()
+    if isinstance(flows, dict):
+        # Sign-ins started in other tabs stay usable (single-use, PKCE-bound); everything else is dropped.
+        session["flows"] = {k: v for k, v in flows.items() if time_ok(v)}
     sid = secrets.token_urlsafe(32)
     db.session.add(LoginSession(id=_sid_hash(sid), user_id=user.id, method=method))
     session.permanent = True
@@ -383,7 +391,8 @@ def begin_sso(purpose: str, *, org: Organization, login_hint: str | None, next_p
     while len(flows) >= MAX_PENDING_FLOWS:
         flows.pop(min(flows, key=lambda k: flows[k]["started"]))
     flows[flow["state"]] = {"flow": flow, "purpose": purpose, "org_id": org.id, "next": next_path,
-                            "actor_id": actor.id if actor else None, "started": int(utcnow().timestamp())}
+                            "actor_id": actor.id if actor else None, "started": utcnow().timestamp(),  # float: oldest is well-defined
+                            "account": account_key(login_hint)}
     session["flows"] = flows
     return auth_uri
 
@@ -899,7 +908,9 @@ def rotate_keys(batch_size: int = 200, progress: Callable[[int], None] | None = 
     log.info("Key rotation to %s: %s", v.current_key_id,
              {t: (c.reencrypted, c.current, c.unreadable) for t, c in report.items()})
     return report
-# == admin consent, SSO enforcement and the audit log ==========================================
+
+
+# -- admin consent, SSO enforcement and the audit log -------------------------------------------
 
 AUDIT_PAGE_SIZE = 25
 # How the SECURITY tab names actions; unknown codes are shown as they are.
@@ -1082,3 +1093,23 @@ def audit_log(org: Organization) -> Iterable[AuditEntry]:
     events = db.session.execute(db.select(AuditEvent).where(AuditEvent.organization_id == org.id)
                                 .order_by(AuditEvent.id).execution_options(yield_per=500)).scalars()
     return _audit_entries(events)
+
+
+# -- hardening: sign-in throttle keys -----------------------------------------------------------
+
+def account_key(raw_email: str | None) -> str | None:
+    """A keyed hash of the account an email names, for rate limits: no personal data in limiter storage or logs."""
+    if not isinstance(raw_email, str) or not raw_email.strip():
+        return None
+    try:
+        email = normalise_email(raw_email)
+    except InvalidInput:
+        email = raw_email.strip().lower()[:MAX_EMAIL]  # junk is throttled too, under its own key
+    secret = str(current_app.config["SECRET_KEY"]).encode()
+    return hmac.new(secret, b"throttle:" + email.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def flow_account(state: str | None) -> str | None:
+    """The throttle key of the account a pending sign-in began with, if the callback's state names one."""
+    pending = session.get("flows", {}).get(state) if isinstance(state, str) else None
+    return pending.get("account") if isinstance(pending, dict) else None

@@ -6,9 +6,14 @@ import os
 import secrets
 from typing import Any, Mapping
 
-from flask import Flask, Response, render_template, request
+from urllib.parse import urlsplit
+
+from flask import Flask, render_template, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, SecurityError
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 import accounts
 import commands
@@ -18,6 +23,9 @@ from blueprints import auth, home, profile, settings
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com/organizations"
 # Demo mode's app registration in the emulator; never valid at Microsoft.
 DEMO_CLIENT_ID = "5f0d1c2e-0000-4000-8000-00000000d3e0"
+# What the sign-in throttles count: the login prompt, password step, "Continue to Microsoft", callbacks.
+SIGN_IN_ENDPOINTS = {("auth.login", "POST"), ("auth.password", "POST"), ("auth.sso_start", "POST"),
+                     ("auth.callback", "GET"), ("auth.admin_consent_callback", "GET")}
 WEAK_SECRETS = {"dev", "secret", "changeme", "change-me", "development", "test"}
 
 log = logging.getLogger(__name__)
@@ -48,6 +56,17 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, instance_path: s
         MAX_CONTENT_LENGTH=64 * 1024,
         WTF_CSRF_TIME_LIMIT=None,  # tokens live as long as the session
         PREFERRED_URL_SCHEME="https",
+        # Behind a reverse proxy: how many proxies set X-Forwarded-For / -Proto (0 = trust none).
+        PROXY_FIX_X_FOR=0,
+        PROXY_FIX_X_PROTO=0,
+        # Sign-in throttles (Flask-Limiter syntax), shared by the login prompt, password step,
+        # "Continue to Microsoft" and the callback; per client IP and per account (hashed email).
+        RATELIMIT_ENABLED=True,
+        RATELIMIT_STORAGE_URI="memory://",
+        RATELIMIT_STRATEGY="moving-window",
+        RATELIMIT_HEADERS_ENABLED=True,
+        RATELIMIT_SIGN_IN_PER_IP="60 per minute; 600 per hour",
+        RATELIMIT_SIGN_IN_PER_ACCOUNT="10 per minute; 100 per hour",
     )
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env()
@@ -57,6 +76,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, instance_path: s
     _finish_config(app)
 
     accounts.init_app(app)
+    _wire_rate_limits(app)  # before CSRFProtect, so requests with a bad token are counted too
     CSRFProtect(app)
     if app.config["DEMO_MODE"]:
         _wire_emulator(app)
@@ -65,7 +85,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, instance_path: s
         app.register_blueprint(bp)
     commands.init_app(app)
     _register_error_pages(app)
-    app.after_request(_no_store)
+    _register_security_headers(app)
+    _wire_proxy_fix(app)
     with app.app_context():
         accounts.startup_check(create=bool(app.config["DEMO_MODE"]))
     return app
@@ -148,11 +169,47 @@ def _wire_emulator(app: Flask) -> None:
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/_entra": emu.wsgi})
 
 
-def _no_store(response: Response) -> Response:
-    """Keep pages out of every cache: after sign-out, Back must not show a profile again (back/forward cache)."""
-    if request.endpoint != "static":
-        response.headers.setdefault("Cache-Control", "no-store")
-    return response
+def _wire_rate_limits(app: Flask) -> None:
+    """Throttle the sign-in endpoints per client IP and per account; one Limiter per app."""
+    limiter = Limiter(get_remote_address, app=app)
+    exempt = lambda: (request.endpoint, request.method) not in SIGN_IN_ENDPOINTS  # noqa: E731
+    limiter.shared_limit(lambda: app.config["RATELIMIT_SIGN_IN_PER_IP"], scope="sign-in-ip",
+                         exempt_when=exempt)(auth.bp)
+    limiter.shared_limit(lambda: app.config["RATELIMIT_SIGN_IN_PER_ACCOUNT"], scope="sign-in-account",
+                         key_func=lambda: auth.throttle_key() or "-",
+                         exempt_when=lambda: exempt() or auth.throttle_key() is None)(auth.bp)
+
+
+def _wire_proxy_fix(app: Flask) -> None:
+    """Trust X-Forwarded-For/-Proto from the configured number of proxies; never X-Forwarded-Host."""
+    x_for, x_proto = int(app.config["PROXY_FIX_X_FOR"]), int(app.config["PROXY_FIX_X_PROTO"])
+    if x_for or x_proto:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=x_for, x_proto=x_proto, x_host=0, x_port=0, x_prefix=0)
+
+
+def _register_security_headers(app: Flask) -> None:
+    """One hook for the browser-facing security headers of every portal response."""
+    # Forms may lead (by redirect) to Microsoft's sign-in and sign-out pages; in demo mode those are ours.
+    authority = urlsplit(app.config["ENTRA_AUTHORITY"])
+    microsoft = "" if app.config["DEMO_MODE"] else f" {authority.scheme}://{authority.netloc}"
+    csp = ("default-src 'self'; object-src 'none'; base-uri 'none'; "
+           f"frame-ancestors 'none'; form-action 'self'{microsoft}")
+    hsts = not (app.debug or app.config["DEMO_MODE"]) and app.config["PREFERRED_URL_SCHEME"] == "https"
+
+    @app.after_request
+    def security_headers(response):
+        headers = response.headers
+        headers.setdefault("Content-Security-Policy", csp)
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers.setdefault("Referrer-Policy", "no-referrer")
+        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        if hsts:
+            headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+        # Signed-in pages, the callback, error pages and forms with CSRF tokens: nothing worth caching.
+        if request.endpoint != "static":
+            headers["Cache-Control"] = "no-store"
+        return response
 
 
 def _register_error_pages(app: Flask) -> None:
@@ -161,6 +218,16 @@ def _register_error_pages(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException):
         return render_template("error.html", status=e.code, title=e.name, message=e.description), e.code
+
+    @app.errorhandler(SecurityError)
+    def untrusted_host(e: SecurityError):
+        # TRUSTED_HOSTS refused the Host header: no URLs can be built for it, so no page with links.
+        return "Bad request: this host name is not served here.\n", 400, {"Content-Type": "text/plain; charset=utf-8"}
+
+    @app.errorhandler(429)
+    def too_many(e: HTTPException):
+        message = "Too many sign-in attempts came from here or for this account. Wait a minute, then try again."
+        return render_template("error.html", status=429, title="Too many attempts", message=message), 429
 
     @app.errorhandler(CSRFError)
     def csrf_error(e: CSRFError):

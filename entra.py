@@ -150,7 +150,8 @@ def explain(error: str | None, description: str | None) -> EntraError:
         status, title = (403, "Sign-in with Microsoft was not completed")
         message = "Microsoft returned an error and did not sign you in."
         hint = "Try again; if it keeps happening, give your administrator the code below."
-    label = f"AADSTS{code}" if code else (error or "unknown_error")[:40]
+    # `error` comes from the callback's query string: keep it to a code's characters (logs, audit, page).
+    label = f"AADSTS{code}" if code else (re.sub(r"[^A-Za-z0-9_]", "", error or "")[:40] or "unknown_error")
     return EntraError(f"entra_{label}", message, status=status, title=title, hint=hint, code=label)
 
 
@@ -334,7 +335,7 @@ class EntraClient:
             try:
                 if entry.get("kty") == "RSA" and entry.get("use", "sig") == "sig":
                     keys[str(entry.get("kid", ""))] = jwt.PyJWK(entry, algorithm="RS256")
-            except (jwt.PyJWKError, AttributeError, TypeError, ValueError):
+            except (jwt.PyJWTError, AttributeError, TypeError, ValueError):  # InvalidKeyError is no PyJWKError
                 log.warning("Ignored an unusable key in the JWKS")
         self._keys, self._keys_fetched_at = keys, time.monotonic()
 

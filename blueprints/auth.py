@@ -49,6 +49,13 @@ def safe_next(target: str | None) -> str:
     return target
 
 
+def throttle_key() -> str | None:
+    """Whose sign-in this request is, as a keyed hash: the email typed, or the account a callback's flow began with."""
+    if request.endpoint == "auth.callback":
+        return accounts.flow_account(request.args.get("state"))
+    return accounts.account_key(request.form.get("email"))
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     """Step one: an email; its domain decides between Microsoft and a password."""

@@ -22,8 +22,10 @@ class EnforcementForm(FlaskForm):
 @login_required
 def admins_only():
     """Every settings page and action is for the organisation's admins."""
+    if not current_user.is_authenticated:  # login_required lets OPTIONS through
+        abort(401, "Sign in first.")
     if not current_user.is_admin:
-        current_app.logger.warning("Non-admin user %s refused on %s", current_user.id, request.path)
+        current_app.logger.warning("Non-admin user %s refused on %r", current_user.id, request.path)  # %r: no log forging
         abort(403, "Only administrators of your organisation can open Settings.")
 
 

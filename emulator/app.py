@@ -60,7 +60,19 @@ def create_app(emu: "Emulator") -> Flask:
     app.extensions["entra_emulator"] = emu
     app.jinja_env.globals["csrf_token"] = _csrf_token
     app.register_blueprint(bp)
+    app.after_request(_security_headers)
     return app
+
+
+def _security_headers(response: Response) -> Response:
+    """The browser pages get the same protections as the portal's (no inline script, no framing)."""
+    response.headers.setdefault("Content-Security-Policy", "default-src 'self'; object-src 'none'; base-uri 'none'; "
+                                "frame-ancestors 'none'; form-action *")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _emu() -> "Emulator":
@@ -239,6 +251,8 @@ def jwks(tenant: str):
         return _invalid_tenant(tenant)
     emu = _emu()
     doc = emu.keys.jwks()
+    if "jwks_keys" in emu.faults:
+        doc["keys"] = list(emu.faults["jwks_keys"])
     doc["keys"] += list(emu.faults.get("jwks_extra_keys") or [])
     return jsonify(doc)
 

@@ -121,6 +121,12 @@ def sign_token(ring: KeyRing, claims: dict, *, header_changes: dict | None = Non
         signer = lambda data: hmac.new(secret, data, hashlib.sha256).digest()  # noqa: E731
     elif alg_fault == "foreign-key":
         signer = rs256(new_rsa_key())  # right kid, wrong key
+    elif alg_fault == "embedded-jwk":
+        # Signed with the attacker's key, which the header offers as `jwk` (kid kept).
+        foreign = new_rsa_key()
+        numbers = foreign.public_key().public_numbers()
+        header["jwk"] = {"kty": "RSA", "n": _int_b64(numbers.n), "e": _int_b64(numbers.e)}
+        signer = rs256(foreign)
     elif alg_fault == "unpublished-kid":
         signer = rs256(new_rsa_key())
         header["kid"] = b64url(secrets.token_bytes(20))

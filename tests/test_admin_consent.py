@@ -232,7 +232,7 @@ def test_members_cannot_grant_and_are_logged(app, client, active, caplog):
     assert resp.status_code == 403
     assert _consent(app, active) == (None, None) and _consent_events(app) == []
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("refused on /settings/security/admin-consent" in w for w in warnings)
+    assert any("refused on '/settings/security/admin-consent'" in w for w in warnings)
     assert any("Admin-consent callback for user" in w for w in warnings)
     assert not any("omar" in w or "northwind.example" in w for w in warnings)
 

@@ -120,7 +120,7 @@ def test_members_cannot_change_it_and_are_logged(app, client, people, caplog):
     caplog.set_level(logging.WARNING)
     resp = client.post("/settings/security/require-sso", data={"require_sso": "y", "csrf_token": csrf(client, "/")})
     assert resp.status_code == 403 and not _required(app, people)
-    assert any("refused on /settings/security/require-sso" in r.getMessage() for r in caplog.records)
+    assert any("refused on '/settings/security/require-sso'" in r.getMessage() for r in caplog.records)
     assert _events(app) == []
 
 
