@@ -32,6 +32,8 @@ PAGES = {
     "profile": "08-profile.png",
     "error": "09-consent-declined.png",
     "profile-360": "10-profile-360px.png",
+    "microsoft-admin-consent": "11-microsoft-admin-consent.png",
+    "security-admin-consent": "12-security-admin-consent.png",
 }
 
 
@@ -61,6 +63,14 @@ def main() -> None:
         walk = Walk(phone.new_page(), portal, on_arrive=shoot)
         walk.sso_sign_in(MEMBER, explanation=False, consent=None).at("Welcome", "home")
         walk.click("Profile", role="link").at("Your profile", "profile-360")
+
+        admin = browser.new_context(viewport={"width": 1024, "height": 640}, java_script_enabled=False)
+        walk = Walk(admin.new_page(), portal, on_arrive=shoot)
+        walk.sso_sign_in(ADMIN, explanation=False, consent=None).at("Welcome", "home")
+        walk.open_security().click("Grant admin consent for your organization")
+        walk.at("Permissions requested", "microsoft-admin-consent").click("Accept")
+        walk.page.wait_for_url(lambda url: "/_entra/" not in url)
+        walk.at("Settings", "security-admin-consent")
         browser.close()
     missing = set(PAGES) - saved
     if missing:
