@@ -5,7 +5,6 @@ import logging
 import os
 import secrets
 from typing import Any, Mapping
-
 from urllib.parse import urlsplit
 
 from flask import Flask, render_template, request
