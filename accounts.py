@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any, Iterable
 import idna
 from flask import Flask, current_app, has_request_context, request, session
 from flask_login import LoginManager, login_user, logout_user
+from flask_migrate import Migrate, upgrade
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MAX_EMAIL = 254
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}$")
+MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 # Verifies the password of an unknown user, so both cases take the same time.
 _DUMMY_HASH = generate_password_hash(secrets.token_urlsafe(16))
 
@@ -70,6 +73,8 @@ class SignInFailed(PortalError):
 def init_app(app: Flask) -> None:
     """Bind the database, the vault, the Entra client and Flask-Login to the app."""
     db.init_app(app)
+    # Batch mode lets later migrations alter SQLite tables (which have no ALTER COLUMN).
+    Migrate(app, db, directory=MIGRATIONS, render_as_batch=True)
     vault.init_app(app)
     entra.init_app(app)
     manager = LoginManager()
@@ -82,15 +87,15 @@ def init_app(app: Flask) -> None:
 
 
 def ensure_schema() -> None:
-    """Create missing tables and check that the configured keys read the stored data."""
-    db.create_all()
+    """Run the schema migrations (safe to repeat) and check that the configured keys read the stored data."""
+    upgrade(directory=MIGRATIONS)
     check_vault()
 
 
 def startup_check(create: bool) -> None:
-    """At start-up: create the schema (demo) and refuse keys that cannot read what is stored."""
+    """At start-up: migrate the schema (demo) and refuse keys that cannot read what is stored."""
     if create:
-        db.create_all()
+        upgrade(directory=MIGRATIONS)
     if db.inspect(db.engine).has_table(VaultCheck.__tablename__):
         check_vault()
 

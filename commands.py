@@ -29,7 +29,7 @@ def _fail(e: Exception) -> None:
 @click.command("init-db")
 @with_appcontext
 def init_db() -> None:
-    """Create the database tables (safe to run again)."""
+    """Create or upgrade the database tables by running the migrations (safe to run again)."""
     accounts.ensure_schema()
     click.echo("Database ready.")
 
