@@ -13,7 +13,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import idna
 from flask import Flask, current_app, has_request_context, request, session
@@ -415,8 +415,8 @@ def complete_sso(pending: dict[str, Any], params: dict[str, str], actor: User | 
             raise InvalidInput("The organisation of this sign-in no longer exists.")
         result = entra.client().finish_sign_in(pending["flow"], params)
         if purpose == "activate":
-            return _activate_sso(org, result, actor, pending)
-        return _sso_sign_in(org, result)
+            return settle_races(lambda: _activate_sso(org, result, actor, pending))
+        return settle_races(lambda: _sso_sign_in(org, result))
     except (entra.EntraError, PortalError) as e:
         db.session.rollback()
         reason = getattr(e, "reason", None) or type(e).__name__
@@ -466,7 +466,7 @@ def _sso_sign_in(org: Organization, result: entra.SignIn) -> User:
     sid_hash = start_session(user, "sso")
     store_profile(user, result, sid_hash)
     record("sign_in", "success", org=org, actor=user, detail="sso")
-    _commit_identity()
+    db.session.commit()
     return user
 
 
@@ -496,17 +496,8 @@ def normalise_or_raw(value: str) -> str:
         return value
 
 
-def _commit_identity() -> None:
-    """Commit a sign-in; a parallel first sign-in of the same identity makes this one fail cleanly."""
-    try:
-        db.session.commit()
-    except IntegrityError:
-        db.session.rollback()
-        raise SignInFailed("Another sign-in of the same account finished at the same moment. Sign in again.",
-                           status=409, title="Sign in again") from None
-
-
 def _activate_sso(org: Organization, result: entra.SignIn, actor: User | None, pending: dict[str, Any]) -> User:
+    lock_organization(org)
     if actor is None or actor.id != pending.get("actor_id") or not actor.is_admin or actor.organization_id != org.id:
         raise NotAllowed("Only the administrator who started the activation can finish it.")
     if org.tenant_id and org.tenant_id != result.tenant_id:
@@ -526,8 +517,7 @@ def _activate_sso(org: Organization, result: entra.SignIn, actor: User | None, p
     holder = _user_by_identity(result.tenant_id, result.object_id)
     if holder is not None and holder.id != actor.id:
         raise NotAllowed("That Microsoft account is already linked to another user of this portal.")
-    first_binding = org.tenant_id is None
-    org.tenant_id = result.tenant_id
+    first_binding = bind_tenant(org, result.tenant_id)
     org.sso_active = True
     org.sso_activated_at = utcnow()
     org.sso_activated_by_id = actor.id
@@ -537,7 +527,7 @@ def _activate_sso(org: Organization, result: entra.SignIn, actor: User | None, p
     if first_binding:
         record("tenant_bound", "success", org=org, actor=actor, detail=result.tenant_id)
     record("sso_activate", "success", org=org, actor=actor)
-    _commit_or_conflict("That Microsoft tenant or account is already connected elsewhere.")
+    db.session.commit()
     return actor
 
 
@@ -615,3 +605,45 @@ def database_ok() -> bool:
         log.exception("Health check: database unavailable")
         db.session.rollback()
         return False
+
+
+# -- several workers at once --------------------------------------------------------------------
+# Workers share nothing but the database, so parallel requests for the same identity or organisation
+# are settled there: unique keys decide who inserts, a conditional UPDATE decides who binds.
+
+RACE_ATTEMPTS = 3
+T = TypeVar("T")
+
+
+def settle_races(unit: Callable[[], T]) -> T:
+    """Run a unit of work; when a parallel request inserted the same row first, roll back and run it again.
+
+    The second run finds the winner's rows (user, stored profile) and continues with them, so a parallel
+    first sign-in of the same account ends signed in instead of failing.
+    """
+    for _ in range(RACE_ATTEMPTS):
+        try:
+            return unit()
+        except IntegrityError as e:
+            db.session.rollback()
+            log.info("Parallel write settled, running again: %s", type(e.orig).__name__)
+    raise SignInFailed("Another sign-in of the same account finished at the same moment. Sign in again.",
+                       status=409, title="Sign in again")
+
+
+def lock_organization(org: Organization) -> None:
+    """Take the organisation's row lock first (PostgreSQL), so parallel activations queue instead of deadlocking."""
+    db.session.execute(db.select(Organization).where(Organization.id == org.id).with_for_update()
+                       .execution_options(populate_existing=True))
+
+
+def bind_tenant(org: Organization, tenant_id: str) -> bool:
+    """Bind the organisation to the tenant unless it is bound already; True for the one request that bound it."""
+    bound = db.session.execute(
+        db.update(Organization).where(Organization.id == org.id, Organization.tenant_id.is_(None))
+        .values(tenant_id=tenant_id).execution_options(synchronize_session=False)).rowcount == 1
+    db.session.refresh(org, ["tenant_id"])  # the winner's value when a parallel activation bound it first
+    if org.tenant_id != tenant_id:
+        raise NotAllowed("This organisation is bound to another Microsoft tenant. Deactivate SSO first.",
+                         title="Different tenant")
+    return bound
