@@ -19,6 +19,8 @@ import idna
 from flask import Flask, current_app, has_request_context, request, session
 from flask_login import LoginManager, login_user, logout_user
 from flask_migrate import Migrate, upgrade
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -75,6 +77,8 @@ def init_app(app: Flask) -> None:
     db.init_app(app)
     # Batch mode lets later migrations alter SQLite tables (which have no ALTER COLUMN).
     Migrate(app, db, directory=MIGRATIONS, render_as_batch=True)
+    with app.app_context():
+        tune_sqlite(db.engine)
     vault.init_app(app)
     entra.init_app(app)
     manager = LoginManager()
@@ -647,3 +651,16 @@ def bind_tenant(org: Organization, tenant_id: str) -> bool:
         raise NotAllowed("This organisation is bound to another Microsoft tenant. Deactivate SSO first.",
                          title="Different tenant")
     return bound
+
+
+def tune_sqlite(engine: Engine) -> None:
+    """SQLite with several workers: WAL lets readers run beside the one writer, who waits rather than fails."""
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")  # ms; writes are short, a queue of them is not
+        cursor.close()
