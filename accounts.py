@@ -22,6 +22,7 @@ from flask_migrate import Migrate, upgrade
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import joinedload
 from werkzeug.security import check_password_hash, generate_password_hash
 
 import entra
@@ -306,7 +307,7 @@ def load_session_user(user_id: str) -> User | None:
     sid_hash = current_sid_hash()
     if sid_hash is None or not user_id.isdigit():
         return None
-    row = db.session.get(LoginSession, sid_hash)
+    row = login_session_with_user(sid_hash)
     if row is None or row.user_id != int(user_id):
         return None
     now = utcnow()
@@ -664,3 +665,9 @@ def tune_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA busy_timeout=30000")  # ms; writes are short, a queue of them is not
         cursor.close()
+
+
+def login_session_with_user(sid_hash: str) -> LoginSession | None:
+    """The server-side session and its user in one query: every signed-in page view starts with this."""
+    return db.session.execute(db.select(LoginSession).options(joinedload(LoginSession.user))
+                              .where(LoginSession.id == sid_hash)).scalar_one_or_none()
