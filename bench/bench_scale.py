@@ -202,9 +202,9 @@ def http(config: dict, instance: str, port: int, cookie: str, args) -> dict:
     try:
         for _ in range(300):
             try:
-                if requests.get(base + "/healthz", timeout=2).status_code == 200:
+                if requests.get(base + "/healthz", timeout=10).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # workers still starting
                 pass
             time.sleep(0.1)
         page = requests.get(base + "/profile/", headers={"Cookie": cookie}, allow_redirects=False, timeout=10)
