@@ -10,17 +10,21 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import idna
 from flask import Flask, current_app, has_request_context, request, session
 from flask_login import LoginManager, login_user, logout_user
+from flask_migrate import Migrate, upgrade
 from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import joinedload
 from werkzeug.security import check_password_hash, generate_password_hash
 
 import entra
@@ -31,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MAX_EMAIL = 254
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}$")
+MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 # Verifies the password of an unknown user, so both cases take the same time.
 _DUMMY_HASH = generate_password_hash(secrets.token_urlsafe(16))
 
@@ -73,7 +78,10 @@ class SignInFailed(PortalError):
 def init_app(app: Flask) -> None:
     """Bind the database, the vault, the Entra client and Flask-Login to the app."""
     db.init_app(app)
-    _secure_delete(app)
+    # Batch mode lets later migrations alter SQLite tables (which have no ALTER COLUMN).
+    Migrate(app, db, directory=MIGRATIONS, render_as_batch=True)
+    with app.app_context():
+        tune_sqlite(db.engine)
     vault.init_app(app)
     entra.init_app(app)
     manager = LoginManager()
@@ -86,15 +94,15 @@ def init_app(app: Flask) -> None:
 
 
 def ensure_schema() -> None:
-    """Create missing tables and check that the configured keys read the stored data."""
-    db.create_all()
+    """Run the schema migrations (safe to repeat) and check that the configured keys read the stored data."""
+    upgrade(directory=MIGRATIONS)
     check_vault()
 
 
 def startup_check(create: bool) -> None:
-    """At start-up: create the schema (demo) and refuse keys that cannot read what is stored."""
+    """At start-up: migrate the schema (demo) and refuse keys that cannot read what is stored."""
     if create:
-        db.create_all()
+        upgrade(directory=MIGRATIONS)
     if db.inspect(db.engine).has_table(VaultCheck.__tablename__):
         check_vault()
 
@@ -313,7 +321,7 @@ def load_session_user(user_id: str) -> User | None:
     sid_hash = current_sid_hash()
     if sid_hash is None or not user_id.isdigit():
         return None
-    row = db.session.get(LoginSession, sid_hash)
+    row = login_session_with_user(sid_hash)
     if row is None or row.user_id != int(user_id):
         return None
     now = utcnow()
@@ -344,6 +352,7 @@ def end_session() -> None:
         if row is not None:
             _drop_login_session(row)
             db.session.commit()
+            scrub_deleted()
     logout_user()
     session.clear()
 
@@ -427,8 +436,8 @@ def complete_sso(pending: dict[str, Any], params: dict[str, str], actor: User | 
             raise InvalidInput("The organisation of this sign-in no longer exists.")
         result = entra.client().finish_sign_in(pending["flow"], params)
         if purpose == "activate":
-            return _activate_sso(org, result, actor, pending)
-        return _sso_sign_in(org, result)
+            return settle_races(lambda: _activate_sso(org, result, actor, pending))
+        return settle_races(lambda: _sso_sign_in(org, result))
     except (entra.EntraError, PortalError) as e:
         db.session.rollback()
         reason = getattr(e, "reason", None) or type(e).__name__
@@ -478,7 +487,7 @@ def _sso_sign_in(org: Organization, result: entra.SignIn) -> User:
     sid_hash = start_session(user, "sso")
     store_profile(user, result, sid_hash)
     record("sign_in", "success", org=org, actor=user, detail="sso")
-    _commit_identity()
+    db.session.commit()
     return user
 
 
@@ -511,17 +520,8 @@ def normalise_or_raw(value: str) -> str:
         return value
 
 
-def _commit_identity() -> None:
-    """Commit a sign-in; a parallel first sign-in of the same identity makes this one fail cleanly."""
-    try:
-        db.session.commit()
-    except IntegrityError:
-        db.session.rollback()
-        raise SignInFailed("Another sign-in of the same account finished at the same moment. Sign in again.",
-                           status=409, title="Sign in again") from None
-
-
 def _activate_sso(org: Organization, result: entra.SignIn, actor: User | None, pending: dict[str, Any]) -> User:
+    lock_organization(org)
     if actor is None or actor.id != pending.get("actor_id") or not actor.is_admin or actor.organization_id != org.id:
         raise NotAllowed("Only the administrator who started the activation can finish it.")
     if org.tenant_id and org.tenant_id != result.tenant_id:
@@ -541,8 +541,7 @@ def _activate_sso(org: Organization, result: entra.SignIn, actor: User | None, p
     holder = _user_by_identity(result.tenant_id, result.object_id)
     if holder is not None and holder.id != actor.id:
         raise NotAllowed("That Microsoft account is already linked to another user of this portal.")
-    first_binding = org.tenant_id is None
-    org.tenant_id = result.tenant_id
+    first_binding = bind_tenant(org, result.tenant_id)
     org.sso_active = True
     org.sso_activated_at = utcnow()
     org.sso_activated_by_id = actor.id
@@ -552,7 +551,7 @@ def _activate_sso(org: Organization, result: entra.SignIn, actor: User | None, p
     if first_binding:
         record("tenant_bound", "success", org=org, actor=actor, detail=result.tenant_id)
     record("sso_activate", "success", org=org, actor=actor)
-    _commit_or_conflict("That Microsoft tenant or account is already connected elsewhere.")
+    db.session.commit()
     return actor
 
 
@@ -694,6 +693,13 @@ def _email_from_copy(user: User) -> str:
     return ""
 
 
+def scrub_deleted() -> None:
+    """SQLite in WAL mode keeps old page versions in the -wal file: checkpoint it away after deleting personal data."""
+    if db.engine.dialect.name == "sqlite":
+        db.session.execute(db.text("PRAGMA wal_checkpoint(TRUNCATE)"))
+        db.session.commit()
+
+
 def _forget_copies(user_ids: Any, *, kept_only: bool) -> int:
     """Delete the profile copies (and Microsoft-only emails) of the users `user_ids` selects; return copies deleted."""
     query = db.delete(StoredProfile).where(StoredProfile.user_id.in_(user_ids))
@@ -719,6 +725,7 @@ def set_store_profiles(org: Organization, keep: bool, actor: User) -> int:
     record("store_profiles", "success", org=org, actor=actor,
            detail=f"{'on' if keep else 'off'}; deleted {deleted}")
     db.session.commit()
+    scrub_deleted()
     log.info("Organisation %s: store_profiles %s, %d copies deleted", org.id, keep, deleted)
     return deleted
 
@@ -728,6 +735,7 @@ def purge_profile_copies(org: Organization, actor: User) -> int:
     deleted = _forget_copies(db.select(User.id).where(User.organization_id == org.id), kept_only=False)
     record("profiles_purged", "success", org=org, actor=actor, detail=f"deleted {deleted}")
     db.session.commit()
+    scrub_deleted()
     return deleted
 
 
@@ -736,6 +744,7 @@ def delete_stored_copy(user: User) -> bool:
     deleted = _forget_copies(db.select(User.id).where(User.id == user.id), kept_only=False)
     record("profile_deleted", "success", org=user.organization, actor=user, detail="by the user")
     db.session.commit()
+    scrub_deleted()
     return bool(deleted)
 
 
@@ -805,19 +814,8 @@ def sweep_sessions() -> tuple[int, int]:
     """Sweep expired sessions as one unit of work (the CLI's entry point)."""
     found = sweep_expired_sessions()
     db.session.commit()
+    scrub_deleted()
     return found
-
-
-def _secure_delete(app: Flask) -> None:
-    """SQLite: overwrite deleted rows, so a deleted copy's ciphertext does not linger in free pages."""
-    with app.app_context():
-        engine = db.engine
-    if engine.dialect.name == "sqlite":
-        @event.listens_for(engine, "connect")
-        def _pragma(dbapi_connection, _record):
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA secure_delete = ON")
-            cursor.close()
 
 
 @dataclass
@@ -1113,3 +1111,64 @@ def flow_account(state: str | None) -> str | None:
     """The throttle key of the account a pending sign-in began with, if the callback's state names one."""
     pending = session.get("flows", {}).get(state) if isinstance(state, str) else None
     return pending.get("account") if isinstance(pending, dict) else None
+# -- several workers at once --------------------------------------------------------------------
+# Workers share nothing but the database, so parallel requests for the same identity or organisation
+# are settled there: unique keys decide who inserts, a conditional UPDATE decides who binds.
+
+RACE_ATTEMPTS = 3
+T = TypeVar("T")
+
+
+def settle_races(unit: Callable[[], T]) -> T:
+    """Run a unit of work; when a parallel request inserted the same row first, roll back and run it again.
+
+    The second run finds the winner's rows (user, stored profile) and continues with them, so a parallel
+    first sign-in of the same account ends signed in instead of failing.
+    """
+    for _ in range(RACE_ATTEMPTS):
+        try:
+            return unit()
+        except IntegrityError as e:
+            db.session.rollback()
+            log.info("Parallel write settled, running again: %s", type(e.orig).__name__)
+    raise SignInFailed("Another sign-in of the same account finished at the same moment. Sign in again.",
+                       status=409, title="Sign in again")
+
+
+def lock_organization(org: Organization) -> None:
+    """Take the organisation's row lock first (PostgreSQL), so parallel activations queue instead of deadlocking."""
+    db.session.execute(db.select(Organization).where(Organization.id == org.id).with_for_update()
+                       .execution_options(populate_existing=True))
+
+
+def bind_tenant(org: Organization, tenant_id: str) -> bool:
+    """Bind the organisation to the tenant unless it is bound already; True for the one request that bound it."""
+    bound = db.session.execute(
+        db.update(Organization).where(Organization.id == org.id, Organization.tenant_id.is_(None))
+        .values(tenant_id=tenant_id).execution_options(synchronize_session=False)).rowcount == 1
+    db.session.refresh(org, ["tenant_id"])  # the winner's value when a parallel activation bound it first
+    if org.tenant_id != tenant_id:
+        raise NotAllowed("This organisation is bound to another Microsoft tenant. Deactivate SSO first.",
+                         title="Different tenant")
+    return bound
+
+
+def tune_sqlite(engine: Engine) -> None:
+    """SQLite: WAL lets readers run beside the one writer, who waits rather than fails (several workers);
+    secure_delete overwrites deleted rows, so a deleted copy's ciphertext does not linger in free pages."""
+    if engine.dialect.name != "sqlite" or engine.url.database in (None, "", ":memory:"):
+        return
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")  # ms; writes are short, a queue of them is not
+        cursor.execute("PRAGMA secure_delete=ON")
+        cursor.close()
+
+
+def login_session_with_user(sid_hash: str) -> LoginSession | None:
+    """The server-side session and its user in one query: every signed-in page view starts with this."""
+    return db.session.execute(db.select(LoginSession).options(joinedload(LoginSession.user))
+                              .where(LoginSession.id == sid_hash)).scalar_one_or_none()

@@ -39,7 +39,7 @@ def _organization(name: str):
 @click.command("init-db")
 @with_appcontext
 def init_db() -> None:
-    """Create the database tables (safe to run again)."""
+    """Create or upgrade the database tables by running the migrations (safe to run again)."""
     accounts.ensure_schema()
     click.echo("Database ready.")
 

@@ -106,14 +106,18 @@ NORTHWIND_TID = "6f1c2d3e-4a5b-4c7d-8e9f-0a1b2c3d4e5f"
 FABRIKAM_TID = "b2e4d6f8-1a3c-4e5a-9b7d-c9e1f3a5b7d9"
 
 
-def through_microsoft(client, resp, *, user: str | None = None, accept: bool = True, on_behalf: bool = False):
+def through_microsoft(client, resp, *, user: str | None = None, accept: bool = True, on_behalf: bool = False,
+                      follow_back: bool = True):
     """Act as the person at the emulated Microsoft pages until the browser is sent back to the portal.
 
     Returns the portal's response to that return (the callback), or the emulator's page if it stops there.
+    With follow_back=False it returns Microsoft's redirect to the callback instead, not yet followed.
     """
     for _ in range(12):
         if resp.status_code in (302, 303):
             location = resp.headers["Location"]
+            if "/_entra/" not in location and not follow_back:
+                return resp
             resp = client.get(location)
             if "/_entra/" not in location:
                 return resp

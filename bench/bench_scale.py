@@ -1,0 +1,322 @@
+"""Scale benchmarks (not tests): HTTP throughput under gunicorn, in-process sign-ins with their CPU split,
+growth from 10 to 100,000 users, and peak memory per worker.
+
+    .venv/bin/python bench/bench_scale.py                      # SQLite, sizes 10 and 100000
+    .venv/bin/python bench/bench_scale.py --database-url postgresql+psycopg://USER@127.0.0.1:PORT/DB
+
+Needs wrk (apt-get install wrk) and gunicorn (requirements-dev.txt). Everything runs on 127.0.0.1 in a
+temporary instance folder (a fresh schema when --database-url is given); Microsoft is the emulator.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from datetime import datetime
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+
+import msal  # noqa: E402
+import requests  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+from sqlalchemy.orm import Session  # noqa: E402
+
+import entra  # noqa: E402
+import vault as vault_module  # noqa: E402
+from app import create_app  # noqa: E402
+from emulator.transport import EmulatorAdapter  # noqa: E402
+from helpers import activate_sso, sign_out, sso_sign_in  # noqa: E402
+from models import AuditEvent, Domain, Organization, StoredProfile, User, db  # noqa: E402
+
+MEMBERS = ("lena.fischer@northwind.example", "omar.haddad@northwind.example", "jun.park@northwind.example")
+FILLER_ID = 1_000_000  # seeded rows get ids far above the ones the portal assigns itself
+PORTAL_CATEGORIES = ("MSAL", "token validation", "Graph", "encryption", "database", "Flask, templates, other")
+EMULATOR = "emulator (Microsoft's side)"
+
+
+# -- CPU time split ---------------------------------------------------------------------------------
+
+class CpuSplit:
+    """Charge this thread's CPU time to the innermost wrapped category (exclusive time, no double counting)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+        self.stack = ["Flask, templates, other"]
+        self.last = time.thread_time()
+
+    def _tick(self) -> None:
+        now = time.thread_time()
+        self.totals[self.stack[-1]] += now - self.last
+        self.last = now
+
+    def reset(self) -> None:
+        self._tick()
+        self.totals.clear()
+
+    def wrap(self, owner, name: str, category: str) -> None:
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def charged(*args, **kwargs):
+            self._tick()
+            self.stack.append(category)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._tick()
+                self.stack.pop()
+
+        setattr(owner, name, charged)
+
+    def install(self, app) -> None:
+        for name in ("initiate_auth_code_flow", "acquire_token_by_auth_code_flow"):
+            self.wrap(msal.ConfidentialClientApplication, name, "MSAL")
+        self.wrap(entra.EntraClient, "validate_id_token", "token validation")
+        self.wrap(entra.EntraClient, "read_profile", "Graph")
+        for name in ("encrypt", "decrypt", "encrypt_json", "decrypt_json", "blind_index", "blind_indexes"):
+            self.wrap(vault_module.Vault, name, "encryption")
+        for name in ("execute", "scalar", "scalars", "get", "flush", "commit", "rollback", "refresh"):
+            self.wrap(Session, name, "database")
+        self.wrap(EmulatorAdapter, "send", EMULATOR)
+        mounts = app.wsgi_app.mounts
+        browser_pages = mounts["/_entra"]
+
+        def pages(environ, start_response):
+            self._tick()
+            self.stack.append(EMULATOR)
+            try:
+                return list(browser_pages(environ, start_response))
+            finally:
+                self._tick()
+                self.stack.pop()
+
+        mounts["/_entra"] = pages
+
+
+# -- set-up -----------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def seed(users: int, orgs: int) -> None:
+    """Bulk-insert `users` SSO members across `orgs` organisations, each with an encrypted email and profile."""
+    v = vault_module.get_vault()
+    now = datetime.utcnow()
+    org_rows = [{"id": FILLER_ID + i, "name": f"Bench Org {i}", "created_at": now, "tenant_id": str(uuid.uuid4()),
+                 "sso_active": True, "store_profiles": True, "require_sso": False} for i in range(orgs)]
+    db.session.execute(sa.insert(Organization.__table__), org_rows)
+    db.session.execute(sa.insert(Domain.__table__), [{"name": f"org{i}.bench.example", "organization_id": FILLER_ID + i}
+                                                     for i in range(orgs)])
+    batch_users, batch_profiles, batch_events = [], [], []
+    for n in range(users):
+        org = org_rows[n % orgs]
+        uid, oid = FILLER_ID + n, str(uuid.uuid4())
+        email = f"user{n}@org{n % orgs}.bench.example"
+        batch_users.append({"id": uid, "organization_id": org["id"], "role": "member", "break_glass": False,
+                            "email_hmac": v.blind_index(email),
+                            "email_enc": v.encrypt(email.encode(), vault_module.aad("users", str(uid), "email")),
+                            "tenant_id": org["tenant_id"], "object_id": oid, "created_at": now, "last_sign_in_at": now})
+        profile = {"displayName": f"Bench User {n}", "mail": email, "jobTitle": "Tester", "city": "Seattle"}
+        batch_profiles.append({"user_id": uid, "read_at": now, "kept": True, "photo_enc": None, "session_id": None,
+                               "data_enc": v.encrypt_json(profile, vault_module.aad(
+                                   "stored_profiles", org["tenant_id"], oid, "profile"))})
+        batch_events.append({"organization_id": org["id"], "at": now, "actor_id": uid, "action": "user_created",
+                             "outcome": "success", "detail": "sso"})
+        if len(batch_users) == 5000 or n == users - 1:
+            for table, rows in ((User, batch_users), (StoredProfile, batch_profiles), (AuditEvent, batch_events)):
+                db.session.execute(sa.insert(table.__table__), rows)
+                rows.clear()
+    db.session.commit()
+
+
+def build(instance: str, port: int, database_uri: str | None, key: str):
+    config = {"DEMO_MODE": True, "SERVER_NAME": f"127.0.0.1:{port}", "SECRET_KEY": "b" * 48, "ENCRYPTION_KEYS": [key]}
+    if database_uri:
+        config["SQLALCHEMY_DATABASE_URI"] = database_uri
+    return config, create_app(config, instance_path=instance)
+
+
+# -- measurements -----------------------------------------------------------------------------------
+
+def sign_ins(app, count: int) -> dict:
+    """Complete sign-ins through the emulator in this process: rate and CPU per sign-in by part."""
+    split = CpuSplit()
+    split.install(app)
+    for email in MEMBERS:  # first sign-ins (user creation, consent) are not what we time
+        assert sso_sign_in(app.test_client(), email).status_code == 303
+    split.reset()
+    start = time.perf_counter()
+    for i in range(count):
+        resp = sso_sign_in(app.test_client(), MEMBERS[i % len(MEMBERS)])
+        assert resp.status_code == 303, resp.data[:300]
+    wall = time.perf_counter() - start
+    split._tick()  # charge the last stretch before reading the totals
+    ms = {k: v / count * 1000 for k, v in split.totals.items()}
+    return {"per_second": count / wall, "cpu_ms": ms}
+
+
+def wrk(url: str, seconds: int, connections: int, cookie: str | None) -> float:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", url]
+    if cookie:
+        cmd[1:1] = ["-H", f"Cookie: {cookie}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if bad:
+        raise SystemExit(f"{url}: {bad.group(1)} error responses\n{out}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def worker_pids(master: int) -> list[int]:
+    with open(f"/proc/{master}/task/{master}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) / 1024
+
+
+def http(config: dict, instance: str, port: int, cookie: str, args) -> dict:
+    """Throughput of the bare route, the login prompt and /profile under gunicorn; peak RSS per worker."""
+    env = dict(os.environ, BENCH_INSTANCE=instance)
+    env.update({f"FLASK_{k}": json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()})
+    master = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-w", str(args.workers), "-b", f"127.0.0.1:{port}", "--log-level", "warning",
+         "--pythonpath", f"{ROOT},{os.path.join(ROOT, 'bench')}", "bench_wsgi:create_bench_app()"], env=env, cwd=ROOT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if requests.get(base + "/healthz", timeout=10).status_code == 200:
+                    break
+            except requests.RequestException:  # workers still starting
+                pass
+            time.sleep(0.1)
+        page = requests.get(base + "/profile/", headers={"Cookie": cookie}, allow_redirects=False, timeout=10)
+        assert page.status_code == 200 and b"Lena Fischer" in page.content, "the benchmark cookie is not signed in"
+        targets = {"bare": (base + "/_bare/", None), "login": (base + "/login", None),
+                   "profile": (base + "/profile/", cookie)}
+        rates: dict[str, list[float]] = defaultdict(list)
+        for _ in range(args.rounds):  # interleaved, so drift on a shared machine hits all three alike
+            for name, (url, with_cookie) in targets.items():
+                rates[name].append(wrk(url, args.seconds, args.connections, with_cookie))
+        result = {name: statistics.median(values) for name, values in rates.items()}
+        result["rss_mb"] = [peak_rss_mb(pid) for pid in worker_pids(master.pid)]
+        return result
+    finally:
+        master.terminate()
+        master.wait(timeout=30)
+
+
+def run_size(users: int, orgs: int, args) -> dict:
+    instance = tempfile.mkdtemp(prefix="portal-bench-")
+    schema, database_uri, server = None, None, None
+    if args.database_url:
+        server = sa.create_engine(args.database_url, poolclass=sa.pool.NullPool)
+        schema = "bench_" + uuid.uuid4().hex[:12]
+        with server.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        database_uri = sa.make_url(args.database_url).update_query_dict(
+            {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    try:
+        port = free_port()
+        key = vault_module.generate_key()
+        config, app = build(instance, port, database_uri, key)
+        with app.app_context():
+            t0 = time.perf_counter()
+            seed(users, orgs)
+            print(f"  seeded {users} users in {orgs} organisations in {time.perf_counter() - t0:.1f} s", flush=True)
+            import accounts
+            from helpers import PASSWORD
+            accounts.create_organization("Northwind Traders", ["northwind.example"])
+            accounts.create_local_user("admin@northwind.example", "Northwind Traders", PASSWORD, role="admin")
+        admin = app.test_client()
+        assert activate_sso(admin).status_code == 303
+        sign_out(admin)
+        browser = app.test_client()
+        assert sso_sign_in(browser, MEMBERS[0]).status_code == 303
+        cookie_name = app.config["SESSION_COOKIE_NAME"]
+        cookie = f"{cookie_name}={browser.get_cookie(cookie_name, domain='127.0.0.1').value}"
+        result = {"sign_in": sign_ins(app, args.sign_ins)}
+        with app.app_context():
+            db.engine.dispose()
+        result["http"] = http(config, instance, port, cookie, args)
+        return result
+    finally:
+        shutil.rmtree(instance, ignore_errors=True)
+        if server is not None:
+            with server.begin() as conn:
+                conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+            server.dispose()
+
+
+def report(results: dict[int, dict]) -> None:
+    sizes = sorted(results)
+    print()
+    head = "figure".ljust(44) + "".join(f"{s:>12,} users" for s in sizes)
+    if len(sizes) == 2:
+        head += "   worse by"
+    print(head)
+    print("-" * len(head))
+
+    def row(label: str, values: list[float], fmt: str, higher_is_better: bool) -> None:
+        line = label.ljust(44) + "".join(f"{format(v, fmt):>18}" for v in values)
+        if len(values) == 2 and min(values) > 0:
+            worse = values[0] / values[1] if higher_is_better else values[1] / values[0]
+            line += f"   {worse:8.2f}x"
+        print(line)
+
+    h = [results[s]["http"] for s in sizes]
+    row("bare Flask route, requests/s", [x["bare"] for x in h], ".0f", True)
+    row("login prompt, requests/s", [x["login"] for x in h], ".0f", True)
+    row("/profile (signed in, decrypting), requests/s", [x["profile"] for x in h], ".0f", True)
+    row("  /profile ÷ bare route (target ≥ 0.6)", [x["profile"] / x["bare"] for x in h], ".2f", True)
+    row("  login prompt ÷ bare route", [x["login"] / x["bare"] for x in h], ".2f", True)
+    row("peak RSS per worker, MB (largest)", [max(x["rss_mb"]) for x in h], ".1f", False)
+    s = [results[n]["sign_in"] for n in sizes]
+    row("complete sign-ins/s (in-process, emulator)", [x["per_second"] for x in s], ".1f", True)
+    portal = [sum(x["cpu_ms"].get(c, 0) for c in PORTAL_CATEGORIES) for x in s]
+    row("portal CPU per sign-in, ms", portal, ".2f", False)
+    for category in PORTAL_CATEGORIES:
+        row(f"  {category}", [x["cpu_ms"].get(category, 0) for x in s], ".2f", False)
+    row(f"{EMULATOR} CPU per sign-in, ms", [x["cpu_ms"].get(EMULATOR, 0) for x in s], ".2f", False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10,100000", help="users per run, comma-separated (default 10,100000)")
+    parser.add_argument("--orgs", type=int, default=1000, help="organisations for the larger sizes (default 1000)")
+    parser.add_argument("--database-url", help="a PostgreSQL URL; default: SQLite in the instance folder")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="gunicorn workers (default: CPUs)")
+    parser.add_argument("--connections", type=int, default=8, help="wrk connections (default 8)")
+    parser.add_argument("--seconds", type=int, default=8, help="wrk duration per endpoint and round (default 8)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved wrk rounds; medians reported (default 3)")
+    parser.add_argument("--sign-ins", type=int, default=150, help="timed in-process sign-ins (default 150)")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    results = {}
+    for size in (int(s) for s in args.sizes.split(",")):
+        orgs = args.orgs if size >= args.orgs else 1
+        print(f"== {size:,} users in {orgs:,} organisations ({args.database_url or 'SQLite'})", flush=True)
+        results[size] = run_size(size, orgs, args)
+    report(results)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Outbound calls: page views make none; discovery and keys are fetched once per process; all have a timeout."""
+from __future__ import annotations
+
+from helpers import activate_sso, password_sign_in, sign_out, sso_sign_in
+
+
+def _calls(emulator) -> list[str]:
+    return [url.split("?")[0].split("/", 3)[3] for _, url, _ in emulator.requests]
+
+
+def test_page_views_make_no_outbound_call(app, client, emulator, northwind):
+    activate_sso(client)
+    sign_out(client)
+    sso_sign_in(client, "lena.fischer@northwind.example")
+    emulator.requests.clear()
+    for path in ("/", "/profile/", "/profile/photo", "/healthz", "/settings/"):
+        assert client.get(path).status_code in (200, 403), path
+    sign_out(client)
+    password_sign_in(client, "admin@northwind.example")
+    assert client.get("/settings/security").status_code == 200
+    assert client.get("/login").status_code in (200, 302)
+    assert emulator.requests == []
+
+
+def test_discovery_and_keys_once_per_process_and_every_call_has_a_timeout(app, client, emulator, northwind):
+    activate_sso(client)
+    sign_out(client)
+    for email in ("lena.fischer@northwind.example", "omar.haddad@northwind.example"):
+        assert sso_sign_in(client, email).status_code == 303
+        sign_out(client)
+    calls = _calls(emulator)
+    # Once for MSAL's authority, once for our token validation; never again in this process.
+    assert calls.count("organizations/v2.0/.well-known/openid-configuration") == 2
+    assert calls.count("organizations/discovery/v2.0/keys") == 1
+    assert calls.count("organizations/oauth2/v2.0/token") == 3  # activation and two sign-ins
+    assert calls.count("v1.0/me") == 3 and calls.count("v1.0/me/photo/$value") == 3
+    assert len(calls) == 12
+    assert {timeout for _, _, timeout in emulator.requests} == {app.config["ENTRA_TIMEOUT"]}
