@@ -33,6 +33,10 @@ from models import AuditEvent, Domain, LoginSession, Organization, StoredProfile
 
 log = logging.getLogger(__name__)
 
+# Where Microsoft sends the browser back (the blueprints route them; entra builds the redirect URIs).
+CALLBACK_PATH = entra.CALLBACK_PATH
+ADMIN_CONSENT_CALLBACK_PATH = entra.ADMIN_CONSENT_CALLBACK_PATH
+
 MAX_EMAIL = 254
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}$")
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
@@ -337,24 +341,21 @@ def load_session_user(user_id: str) -> User | None:
     return row.user
 
 
-def session_method() -> str | None:
-    """How the current session signed in: 'password' or 'sso'."""
-    sid_hash = current_sid_hash()
-    row = db.session.get(LoginSession, sid_hash) if sid_hash else None
-    return row.method if row else None
+def end_session() -> str | None:
+    """Sign out: drop the server-side session (and any profile copy that lived only for it).
 
-
-def end_session() -> None:
-    """Sign out: drop the server-side session (and any profile copy that lived only for it)."""
+    Returns Microsoft's sign-out URL when the session came from Microsoft, so the browser signs out there too.
+    """
     sid_hash = current_sid_hash()
-    if sid_hash is not None:
-        row = db.session.get(LoginSession, sid_hash)
-        if row is not None:
-            _drop_login_session(row)
-            db.session.commit()
-            scrub_deleted()
+    row = db.session.get(LoginSession, sid_hash) if sid_hash is not None else None
+    via_microsoft = row is not None and row.method == "sso"
+    if row is not None:
+        _drop_login_session(row)
+        db.session.commit()
+        scrub_deleted()
     logout_user()
     session.clear()
+    return entra.client().logout_url("/login") if via_microsoft else None
 
 
 def _drop_login_session(row: LoginSession) -> None:

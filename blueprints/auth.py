@@ -11,7 +11,6 @@ from wtforms import EmailField, HiddenField, PasswordField
 from wtforms.validators import InputRequired, Length
 
 import accounts
-import entra
 
 bp = Blueprint("auth", __name__)
 
@@ -104,7 +103,7 @@ def sso_start():
                                        next_path=safe_next(form.next.data)), 303)
 
 
-@bp.get(entra.CALLBACK_PATH)
+@bp.get(accounts.CALLBACK_PATH)
 def callback():
     """Microsoft sends the browser back here with a code or an error."""
     pending = accounts.take_flow(request.args.getlist("state"))
@@ -117,7 +116,7 @@ def callback():
     return redirect(safe_next(pending.get("next")), 303)
 
 
-@bp.get(entra.ADMIN_CONSENT_CALLBACK_PATH)
+@bp.get(accounts.ADMIN_CONSENT_CALLBACK_PATH)
 def admin_consent_callback():
     """Microsoft sends the admin back here after granting (or not) consent for the organisation."""
     pending = accounts.take_admin_consent(request.args.getlist("state"))
@@ -131,11 +130,6 @@ def admin_consent_callback():
 @login_required
 def logout():
     """Sign out here; SSO users go on to Microsoft's sign-out and come back."""
-    was_sso = accounts.session_method() == "sso"
-    accounts.end_session()
+    microsoft_sign_out = accounts.end_session()
     flash("You are signed out.", "info")
-    if was_sso:
-        target = entra.client().logout_url("/login")
-        if target:
-            return redirect(target, 303)
-    return redirect(url_for("auth.login"), 303)
+    return redirect(microsoft_sign_out or url_for("auth.login"), 303)
