@@ -148,7 +148,9 @@ def build(instance: str, port: int, database_uri: str | None, key: str):
     config = {"DEMO_MODE": True, "SERVER_NAME": f"127.0.0.1:{port}", "SECRET_KEY": "b" * 48, "ENCRYPTION_KEYS": [key]}
     if database_uri:
         config["SQLALCHEMY_DATABASE_URI"] = database_uri
-    return config, create_app(config, instance_path=instance)
+    # The in-process sign-ins repeat three accounts from one address far beyond the sign-in throttles; the
+    # gunicorn workers get `config` as is, throttles on.
+    return config, create_app({**config, "RATELIMIT_ENABLED": False}, instance_path=instance)
 
 
 # -- measurements -----------------------------------------------------------------------------------
