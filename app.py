@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from datetime import timedelta
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
@@ -52,6 +53,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, instance_path: s
         SESSION_MAX_HOURS=8,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_REFRESH_EACH_REQUEST=False,
         MAX_CONTENT_LENGTH=64 * 1024,
         WTF_CSRF_TIME_LIMIT=None,  # tokens live as long as the session
         PREFERRED_URL_SCHEME="https",
@@ -95,6 +97,9 @@ def _finish_config(app: Flask) -> None:
     """Fill derived settings and refuse to start on unsafe or missing ones."""
     cfg = app.config
     demo = bool(cfg["DEMO_MODE"])
+    # A signed-in cookie lives as long as the longest session and is re-sent only when the session changes
+    # (SESSION_REFRESH_EACH_REQUEST off): the server-side row enforces the idle and absolute timeouts.
+    cfg["PERMANENT_SESSION_LIFETIME"] = timedelta(hours=float(cfg["SESSION_MAX_HOURS"]))
     if not cfg["SQLALCHEMY_DATABASE_URI"]:
         cfg["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + os.path.join(app.instance_path, "portal.sqlite")
     secret = cfg["SECRET_KEY"]
