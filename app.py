@@ -176,12 +176,17 @@ def _wire_emulator(app: Flask) -> None:
 def _wire_rate_limits(app: Flask) -> None:
     """Throttle the sign-in endpoints per client IP and per account; one Limiter per app."""
     limiter = Limiter(get_remote_address, app=app)
-    exempt = lambda: (request.endpoint, request.method) not in SIGN_IN_ENDPOINTS  # noqa: E731
-    limiter.shared_limit(lambda: app.config["RATELIMIT_SIGN_IN_PER_IP"], scope="sign-in-ip",
-                         exempt_when=exempt)(auth.bp)
+
+    @limiter.request_filter
+    def not_a_sign_in() -> bool:
+        # Every other request (page views, static files, GETs of the sign-in pages) leaves the limiter here,
+        # before it resolves any limit or touches its storage.
+        return (request.endpoint, request.method) not in SIGN_IN_ENDPOINTS
+
+    limiter.shared_limit(lambda: app.config["RATELIMIT_SIGN_IN_PER_IP"], scope="sign-in-ip")(auth.bp)
     limiter.shared_limit(lambda: app.config["RATELIMIT_SIGN_IN_PER_ACCOUNT"], scope="sign-in-account",
                          key_func=lambda: auth.throttle_key() or "-",
-                         exempt_when=lambda: exempt() or auth.throttle_key() is None)(auth.bp)
+                         exempt_when=lambda: auth.throttle_key() is None)(auth.bp)
 
 
 def _wire_proxy_fix(app: Flask) -> None:
