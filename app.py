@@ -204,17 +204,18 @@ def _register_security_headers(app: Flask) -> None:
     csp = ("default-src 'self'; object-src 'none'; base-uri 'none'; "
            f"frame-ancestors 'none'; form-action 'self'{microsoft}")
     hsts = not (app.debug or app.config["DEMO_MODE"]) and app.config["PREFERRED_URL_SCHEME"] == "https"
+    defaults = [("Content-Security-Policy", csp), ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+                ("Referrer-Policy", "no-referrer"), ("Cross-Origin-Opener-Policy", "same-origin")]
+    if hsts:
+        defaults.append(("Strict-Transport-Security", "max-age=31536000; includeSubDomains"))
+    defaults_by_key = [(name.lower(), name, value) for name, value in defaults]
 
     @app.after_request
     def security_headers(response):
         headers = response.headers
-        headers.setdefault("Content-Security-Policy", csp)
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("X-Frame-Options", "DENY")
-        headers.setdefault("Referrer-Policy", "no-referrer")
-        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-        if hsts:
-            headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+        # A view may set its own value; one pass over the headers instead of a search per default.
+        present = {name.lower() for name, _ in headers}
+        headers.extend([(name, value) for key, name, value in defaults_by_key if key not in present])
         # Signed-in pages, the callback, error pages and forms with CSRF tokens: nothing worth caching.
         if request.endpoint != "static":
             headers["Cache-Control"] = "no-store"
