@@ -18,9 +18,10 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, TypeVar
 
 import idna
-from flask import Flask, current_app, has_request_context, request, session
+from flask import Flask, current_app, g, has_request_context, request, session
 from flask_login import LoginManager, login_user, logout_user
 from flask_migrate import Migrate, upgrade
+from flask_wtf.csrf import generate_csrf
 from sqlalchemy import bindparam, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -305,6 +306,10 @@ def start_session(user: User, method: str) -> str:
     db.session.add(LoginSession(id=_sid_hash(sid), user_id=user.id, method=method))
     session.permanent = True
     session["sid"] = sid
+    # A new CSRF secret now, in the cookie this response sets: otherwise the first page after sign-in makes one
+    # and sends the cookie again. The token Flask-WTF cached for this request belongs to the cleared session.
+    g.pop(current_app.config["WTF_CSRF_FIELD_NAME"], None)
+    generate_csrf()
     login_user(user)
     sweep_expired_sessions()  # every sign-in tidies up sessions nobody came back to
     return _sid_hash(sid)
