@@ -18,13 +18,13 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, TypeVar
 
 import idna
-from flask import Flask, current_app, has_request_context, request, session
+from flask import Flask, current_app, g, has_request_context, request, session
 from flask_login import LoginManager, login_user, logout_user
 from flask_migrate import Migrate, upgrade
-from sqlalchemy import event
+from flask_wtf.csrf import generate_csrf
+from sqlalchemy import bindparam, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import joinedload
 from werkzeug.security import check_password_hash, generate_password_hash
 
 import entra
@@ -300,8 +300,8 @@ def start_session(user: User, method: str) -> str:
     """Rotate the browser session and record it server-side (the caller commits); returns the id's hash."""
     flows = session.get("flows")
     previous = current_sid_hash()
-    if previous is not None and (row := db.session.get(LoginSession, previous)) is not None:
-        _drop_login_session(row)  # a sign-in on top of another replaces it
+    if previous is not None:
+        _drop_login_session(previous)  # a sign-in on top of another replaces it
     session.clear()
     if isinstance(flows, dict):
         # Sign-ins started in other tabs stay usable (single-use, PKCE-bound); everything else is dropped.
@@ -310,6 +310,10 @@ def start_session(user: User, method: str) -> str:
     db.session.add(LoginSession(id=_sid_hash(sid), user_id=user.id, method=method))
     session.permanent = True
     session["sid"] = sid
+    # A new CSRF secret now, in the cookie this response sets: otherwise the first page after sign-in makes one
+    # and sends the cookie again. The token Flask-WTF cached for this request belongs to the cleared session.
+    g.pop(current_app.config["WTF_CSRF_FIELD_NAME"], None)
+    generate_csrf()
     login_user(user)
     sweep_expired_sessions()  # every sign-in tidies up sessions nobody came back to
     return _sid_hash(sid)
@@ -325,20 +329,23 @@ def load_session_user(user_id: str) -> User | None:
     sid_hash = current_sid_hash()
     if sid_hash is None or not user_id.isdigit():
         return None
-    row = login_session_with_user(sid_hash)
-    if row is None or row.user_id != int(user_id):
+    found = login_session_with_user(sid_hash)
+    if found is None:
+        return None
+    user, created_at, last_seen_at = found
+    if user.id != int(user_id):
         return None
     now = utcnow()
     cfg = current_app.config
-    if (now - row.last_seen_at > timedelta(minutes=cfg["SESSION_IDLE_MINUTES"])
-            or now - row.created_at > timedelta(hours=cfg["SESSION_MAX_HOURS"])):
-        _drop_login_session(row)
+    if (now - last_seen_at > timedelta(minutes=cfg["SESSION_IDLE_MINUTES"])
+            or now - created_at > timedelta(hours=cfg["SESSION_MAX_HOURS"])):
+        _drop_login_session(sid_hash)
         db.session.commit()
         return None
-    if now - row.last_seen_at > timedelta(seconds=60):
-        row.last_seen_at = now  # written at most once a minute
+    if now - last_seen_at > timedelta(seconds=60):  # written at most once a minute
+        db.session.execute(db.update(LoginSession).where(LoginSession.id == sid_hash).values(last_seen_at=now))
         db.session.commit()
-    return row.user
+    return user
 
 
 def end_session() -> str | None:
@@ -347,21 +354,21 @@ def end_session() -> str | None:
     Returns Microsoft's sign-out URL when the session came from Microsoft, so the browser signs out there too.
     """
     sid_hash = current_sid_hash()
-    row = db.session.get(LoginSession, sid_hash) if sid_hash is not None else None
-    via_microsoft = row is not None and row.method == "sso"
-    if row is not None:
-        _drop_login_session(row)
+    method = (db.session.scalar(db.select(LoginSession.method).where(LoginSession.id == sid_hash))
+              if sid_hash is not None else None)
+    if method is not None and _drop_login_session(sid_hash):
         db.session.commit()
         scrub_deleted()
     logout_user()
     session.clear()
-    return entra.client().logout_url("/login") if via_microsoft else None
+    return entra.client().logout_url("/login") if method == "sso" else None
 
 
-def _drop_login_session(row: LoginSession) -> None:
-    db.session.execute(db.delete(StoredProfile).where(StoredProfile.session_id == row.id,
-                                                      StoredProfile.kept.is_(False)))
-    db.session.delete(row)
+def _drop_login_session(sid_hash: str) -> bool:
+    """Delete a server-side session and the profile copy held only for it (the caller commits); False if none."""
+    db.session.execute(db.delete(StoredProfile).where(StoredProfile.kept == db.false(),
+                                                      StoredProfile.session_id == sid_hash))
+    return bool(db.session.execute(db.delete(LoginSession).where(LoginSession.id == sid_hash)).rowcount)
 
 
 # -- audit --------------------------------------------------------------------------------------
@@ -605,20 +612,28 @@ def store_profile(user: User, result: entra.SignIn, sid_hash: str | None) -> Non
     _keep_or_forget_email(user, result, row.kept)
 
 
+# The profile page's read: the columns it shows, without the photo blob, and no ORM object to build.
+_profiles = StoredProfile.__table__
+_PROFILE_COPY = (select(_profiles.c.data_enc, _profiles.c.read_at, _profiles.c.kept,
+                        _profiles.c.photo_enc.is_not(None).label("has_photo"))
+                 .where(_profiles.c.user_id == bindparam("user_id")))
+_PROFILE_PHOTO = select(_profiles.c.photo_enc).where(_profiles.c.user_id == bindparam("user_id"))
+
+
 def profile_of(user: User) -> ProfileCopy | None:
-    row = db.session.get(StoredProfile, user.id)
+    row = db.session.execute(_PROFILE_COPY, {"user_id": user.id}).first()
     if row is None:
         return None
     claims = _open_json(row.data_enc, _profile_aad(user, "profile"), user, "profile")
-    return ProfileCopy(claims=claims, read_at=row.read_at, has_photo=row.photo_enc is not None, kept=row.kept,
+    return ProfileCopy(claims=claims, read_at=row.read_at, has_photo=row.has_photo, kept=row.kept,
                        tenant_id=user.tenant_id, object_id=user.object_id)
 
 
 def photo_of(user: User) -> tuple[bytes, str] | None:
-    row = db.session.get(StoredProfile, user.id)
-    if row is None or row.photo_enc is None:
+    blob = db.session.execute(_PROFILE_PHOTO, {"user_id": user.id}).scalar()
+    if blob is None:
         return None
-    data = _open(row.photo_enc, _profile_aad(user, "photo"), user, "photo")
+    data = _open(blob, _profile_aad(user, "photo"), user, "photo")
     kind = entra.photo_type(data)
     # The same cap as when it was read: a bigger blob was not written by us.
     return (data, kind) if kind and len(data) <= entra.MAX_PHOTO else None
@@ -804,7 +819,7 @@ def sweep_expired_sessions() -> tuple[int, int]:
                            execution_options={"synchronize_session": False})
     # Session-only copies whose session is gone (expired above, or replaced by a later sign-in).
     copies = db.session.execute(
-        db.delete(StoredProfile).where(StoredProfile.kept.is_(False),
+        db.delete(StoredProfile).where(StoredProfile.kept == db.false(),
                                        StoredProfile.session_id.not_in(db.select(LoginSession.id))
                                        | StoredProfile.session_id.is_(None)),
         execution_options={"synchronize_session": False}).rowcount
@@ -1169,7 +1184,14 @@ def tune_sqlite(engine: Engine) -> None:
         cursor.close()
 
 
-def login_session_with_user(sid_hash: str) -> LoginSession | None:
-    """The server-side session and its user in one query: every signed-in page view starts with this."""
-    return db.session.execute(db.select(LoginSession).options(joinedload(LoginSession.user))
-                              .where(LoginSession.id == sid_hash)).scalar_one_or_none()
+# Every signed-in request runs this, so it is built once (building and cache-keying a statement costs more
+# than running it). The session's times come as plain columns: the ORM builds one object, the user.
+_SESSION_USER = (select(User, LoginSession.created_at, LoginSession.last_seen_at)
+                 .join(LoginSession, LoginSession.user_id == User.id)
+                 .where(LoginSession.id == bindparam("sid_hash")))
+
+
+def login_session_with_user(sid_hash: str) -> tuple[User, datetime, datetime] | None:
+    """The user of a server-side session and the session's (created_at, last_seen_at), in one query."""
+    found = db.session.execute(_SESSION_USER, {"sid_hash": sid_hash}).first()
+    return tuple(found) if found is not None else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from datetime import timedelta
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
@@ -52,6 +53,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, instance_path: s
         SESSION_MAX_HOURS=8,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_REFRESH_EACH_REQUEST=False,
         MAX_CONTENT_LENGTH=64 * 1024,
         WTF_CSRF_TIME_LIMIT=None,  # tokens live as long as the session
         PREFERRED_URL_SCHEME="https",
@@ -95,6 +97,9 @@ def _finish_config(app: Flask) -> None:
     """Fill derived settings and refuse to start on unsafe or missing ones."""
     cfg = app.config
     demo = bool(cfg["DEMO_MODE"])
+    # A signed-in cookie lives as long as the longest session and is re-sent only when the session changes
+    # (SESSION_REFRESH_EACH_REQUEST off): the server-side row enforces the idle and absolute timeouts.
+    cfg["PERMANENT_SESSION_LIFETIME"] = timedelta(hours=float(cfg["SESSION_MAX_HOURS"]))
     if not cfg["SQLALCHEMY_DATABASE_URI"]:
         cfg["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + os.path.join(app.instance_path, "portal.sqlite")
     secret = cfg["SECRET_KEY"]
@@ -171,12 +176,17 @@ def _wire_emulator(app: Flask) -> None:
 def _wire_rate_limits(app: Flask) -> None:
     """Throttle the sign-in endpoints per client IP and per account; one Limiter per app."""
     limiter = Limiter(get_remote_address, app=app)
-    exempt = lambda: (request.endpoint, request.method) not in SIGN_IN_ENDPOINTS  # noqa: E731
-    limiter.shared_limit(lambda: app.config["RATELIMIT_SIGN_IN_PER_IP"], scope="sign-in-ip",
-                         exempt_when=exempt)(auth.bp)
+
+    @limiter.request_filter
+    def not_a_sign_in() -> bool:
+        # Every other request (page views, static files, GETs of the sign-in pages) leaves the limiter here,
+        # before it resolves any limit or touches its storage.
+        return (request.endpoint, request.method) not in SIGN_IN_ENDPOINTS
+
+    limiter.shared_limit(lambda: app.config["RATELIMIT_SIGN_IN_PER_IP"], scope="sign-in-ip")(auth.bp)
     limiter.shared_limit(lambda: app.config["RATELIMIT_SIGN_IN_PER_ACCOUNT"], scope="sign-in-account",
                          key_func=lambda: auth.throttle_key() or "-",
-                         exempt_when=lambda: exempt() or auth.throttle_key() is None)(auth.bp)
+                         exempt_when=lambda: auth.throttle_key() is None)(auth.bp)
 
 
 def _wire_proxy_fix(app: Flask) -> None:
@@ -194,17 +204,18 @@ def _register_security_headers(app: Flask) -> None:
     csp = ("default-src 'self'; object-src 'none'; base-uri 'none'; "
            f"frame-ancestors 'none'; form-action 'self'{microsoft}")
     hsts = not (app.debug or app.config["DEMO_MODE"]) and app.config["PREFERRED_URL_SCHEME"] == "https"
+    defaults = [("Content-Security-Policy", csp), ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+                ("Referrer-Policy", "no-referrer"), ("Cross-Origin-Opener-Policy", "same-origin")]
+    if hsts:
+        defaults.append(("Strict-Transport-Security", "max-age=31536000; includeSubDomains"))
+    defaults_by_key = [(name.lower(), name, value) for name, value in defaults]
 
     @app.after_request
     def security_headers(response):
         headers = response.headers
-        headers.setdefault("Content-Security-Policy", csp)
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("X-Frame-Options", "DENY")
-        headers.setdefault("Referrer-Policy", "no-referrer")
-        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-        if hsts:
-            headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+        # A view may set its own value; one pass over the headers instead of a search per default.
+        present = {name.lower() for name, _ in headers}
+        headers.extend([(name, value) for key, name, value in defaults_by_key if key not in present])
         # Signed-in pages, the callback, error pages and forms with CSRF tokens: nothing worth caching.
         if request.endpoint != "static":
             headers["Cache-Control"] = "no-store"

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 from flask_login import UserMixin
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import ForeignKey, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -86,8 +86,9 @@ class LoginSession(db.Model):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     method: Mapped[str] = mapped_column(String(16))  # "password" or "sso"
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Indexed for the sweep of expired sessions at every sign-in.
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
     user: Mapped[User] = relationship()
 
@@ -96,6 +97,8 @@ class StoredProfile(db.Model):
     """The encrypted copy of a user's Entra profile and photo."""
 
     __tablename__ = "stored_profiles"
+    # Session-only copies are found by session (sign-out, the sweep) without scanning the kept ones.
+    __table_args__ = (Index("ix_stored_profiles_kept_session_id", "kept", "session_id"),)
 
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     data_enc: Mapped[bytes] = mapped_column(LargeBinary)

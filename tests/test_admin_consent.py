@@ -183,7 +183,9 @@ def test_expired_state(app, client, active):
     password_sign_in(client, "admin@northwind.example")
     _, state = _start_grant(client)
     with client.session_transaction() as sess:
-        sess["admin_consents"][state]["started"] -= accounts.FLOW_MAX_AGE + 1
+        waiting = sess["admin_consents"]
+        waiting[state]["started"] -= accounts.FLOW_MAX_AGE + 1
+        sess["admin_consents"] = waiting  # an in-place change alone does not mark the session for saving
     resp = client.get(CALLBACK, query_string=_ok(state))
     assert resp.status_code == 400 and b"expired" in resp.data
     assert _consent(app, active) == (None, None) and _consent_events(app) == []

@@ -53,6 +53,18 @@ def test_demo_cookie_is_httponly_and_lax(client):
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
 
 
+def test_signed_in_cookie_lasts_the_absolute_lifetime_and_is_not_resent_on_page_views(app, client, northwind):
+    resp = password_sign_in(client, ADMIN)
+    expires = client.get_cookie("session", domain="portal.test").expires
+    assert resp.status_code == 303 and expires is not None
+    lifetime = expires.replace(tzinfo=None) - utcnow()
+    assert timedelta(hours=7, minutes=59) < lifetime <= timedelta(hours=8)
+    for _ in range(2):  # the CSRF secret came with the sign-in's cookie, so pages with forms do not change it
+        page = client.get("/profile/")
+        assert page.status_code == 200 and "Set-Cookie" not in page.headers
+    assert sign_out(client).status_code in (302, 303) and not _signed_in(client)  # the server-side row decides
+
+
 def _age_session(app, **ago):
     with app.app_context():
         row = db.session.execute(db.select(LoginSession)).scalar_one()
