@@ -142,6 +142,9 @@ def seed(users: int, orgs: int) -> None:
                 db.session.execute(sa.insert(table.__table__), rows)
                 rows.clear()
     db.session.commit()
+    # A live database has planner statistics; a freshly bulk-loaded one has none until autovacuum runs.
+    with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("ANALYZE"))
 
 
 def build(instance: str, port: int, database_uri: str | None, key: str):
