@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import os
 import re
@@ -341,6 +340,7 @@ def load_session_user(user_id: str) -> User | None:
             or now - created_at > timedelta(hours=cfg["SESSION_MAX_HOURS"])):
         _drop_login_session(sid_hash)
         db.session.commit()
+        scrub_deleted()
         return None
     if now - last_seen_at > timedelta(seconds=60):  # written at most once a minute
         db.session.execute(db.update(LoginSession).where(LoginSession.id == sid_hash).values(last_seen_at=now))
@@ -1077,14 +1077,14 @@ class AuditPage:
 
 def _audit_entries(events: Iterable[AuditEvent]) -> Iterable[AuditEntry]:
     names: dict[int, str] = {}  # decrypt each actor's email once
-    for event in events:
+    for entry in events:
         actor = None
-        if event.actor_id is not None and event.actor is not None:
-            if event.actor_id not in names:
-                names[event.actor_id] = display_user(event.actor)
-            actor = names[event.actor_id]
-        yield AuditEntry(time=event.at, actor=actor, action=event.action, outcome=event.outcome,
-                         detail=event.detail, ip=event.ip)
+        if entry.actor_id is not None and entry.actor is not None:
+            if entry.actor_id not in names:
+                names[entry.actor_id] = display_user(entry.actor)
+            actor = names[entry.actor_id]
+        yield AuditEntry(time=entry.at, actor=actor, action=entry.action, outcome=entry.outcome,
+                         detail=entry.detail, ip=entry.ip)
 
 
 def audit_page(org: Organization, page: str | int = 1) -> AuditPage:
