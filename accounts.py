@@ -304,7 +304,7 @@ def start_session(user: User, method: str) -> str:
     session.clear()
     if isinstance(flows, dict):
         # Sign-ins started in other tabs stay usable (single-use, PKCE-bound); everything else is dropped.
-        session["flows"] = {k: v for k, v in flows.items() if time_ok(v)}
+        _keep_flows({k: v for k, v in flows.items() if time_ok(v)})
     sid = secrets.token_urlsafe(32)
     db.session.add(LoginSession(id=_sid_hash(sid), user_id=user.id, method=method))
     session.permanent = True
@@ -314,6 +314,9 @@ def start_session(user: User, method: str) -> str:
     g.pop(current_app.config["WTF_CSRF_FIELD_NAME"], None)
     generate_csrf()
     login_user(user)
+    # Flask-Login's client fingerprint serves only its session protection, which is off (checked server-side):
+    # 128 characters less in a cookie every request carries.
+    session.pop("_id", None)
     sweep_expired_sessions()  # every sign-in tidies up sessions nobody came back to
     return _sid_hash(sid)
 
@@ -414,6 +417,14 @@ def begin_sso(purpose: str, *, org: Organization, login_hint: str | None, next_p
     return auth_uri
 
 
+def _keep_flows(flows: dict[str, Any]) -> None:
+    """Pending sign-ins live in the cookie; none pending, no key (the cookie stays small)."""
+    if flows:
+        session["flows"] = flows
+    else:
+        session.pop("flows", None)
+
+
 def time_ok(pending: dict[str, Any]) -> bool:
     return isinstance(pending, dict) and utcnow().timestamp() - pending.get("started", 0) <= FLOW_MAX_AGE
 
@@ -424,7 +435,7 @@ def take_flow(states: list[str]) -> dict[str, Any]:
         raise InvalidInput("This sign-in answer is not valid. Start the sign-in again.", title="Start again")
     flows = dict(session.get("flows", {}))
     pending = flows.pop(states[0], None)
-    session["flows"] = flows
+    _keep_flows(flows)
     if pending is None:
         raise InvalidInput("This sign-in is finished or was started in another browser. Start the sign-in again.",
                            title="Start again")
