@@ -214,7 +214,8 @@ def http(config: dict, instance: str, port: int, cookie: str, args) -> dict:
             time.sleep(0.1)
         page = requests.get(base + "/profile/", headers={"Cookie": cookie}, allow_redirects=False, timeout=10)
         assert page.status_code == 200 and b"Lena Fischer" in page.content, "the benchmark cookie is not signed in"
-        targets = {"bare": (base + "/_bare/", None), "login": (base + "/login", None),
+        targets = {"bare": (base + "/_bare/", None), "page": (base + "/_bench/page", None),
+                   "signed_in": (base + "/_bench/signed-in", cookie), "login": (base + "/login", None),
                    "profile": (base + "/profile/", cookie)}
         rates: dict[str, list[float]] = defaultdict(list)
         for _ in range(args.rounds):  # interleaved, so drift on a shared machine hits all three alike
@@ -291,10 +292,14 @@ def report(results: dict[int, dict]) -> None:
 
     h = [results[s]["http"] for s in sizes]
     row("bare Flask route, requests/s", [x["bare"] for x in h], ".0f", True)
+    row("  same template in the portal, no session", [x["page"] for x in h], ".0f", True)
+    row("  same, signed in (cookie + session check)", [x["signed_in"] for x in h], ".0f", True)
     row("login prompt, requests/s", [x["login"] for x in h], ".0f", True)
     row("/profile (signed in, decrypting), requests/s", [x["profile"] for x in h], ".0f", True)
     row("  /profile ÷ bare route (target ≥ 0.6)", [x["profile"] / x["bare"] for x in h], ".2f", True)
     row("  login prompt ÷ bare route", [x["login"] / x["bare"] for x in h], ".2f", True)
+    row("  portal page, no session ÷ bare route", [x["page"] / x["bare"] for x in h], ".2f", True)
+    row("  signed-in page ÷ bare route", [x["signed_in"] / x["bare"] for x in h], ".2f", True)
     row("peak RSS per worker, MB (largest)", [max(x["rss_mb"]) for x in h], ".1f", False)
     s = [results[n]["sign_in"] for n in sizes]
     row("complete sign-ins/s (in-process, emulator)", [x["per_second"] for x in s], ".1f", True)
