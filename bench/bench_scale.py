@@ -80,7 +80,8 @@ class CpuSplit:
 
         setattr(owner, name, charged)
 
-    def install(self, app) -> None:
+    def install(self) -> None:
+        """Wrap the classes once; every app in this process is measured through them."""
         for name in ("initiate_auth_code_flow", "acquire_token_by_auth_code_flow"):
             self.wrap(msal.ConfidentialClientApplication, name, "MSAL")
         self.wrap(entra.EntraClient, "validate_id_token", "token validation")
@@ -90,6 +91,9 @@ class CpuSplit:
         for name in ("execute", "scalar", "scalars", "get", "flush", "commit", "rollback", "refresh"):
             self.wrap(Session, name, "database")
         self.wrap(EmulatorAdapter, "send", EMULATOR)
+
+    def charge_emulator_pages(self, app) -> None:
+        """The emulator's browser pages of one app count as Microsoft's side too."""
         mounts = app.wsgi_app.mounts
         browser_pages = mounts["/_entra"]
 
@@ -158,21 +162,105 @@ def build(instance: str, port: int, database_uri: str | None, key: str):
 
 # -- measurements -----------------------------------------------------------------------------------
 
-def sign_ins(app, count: int) -> dict:
-    """Complete sign-ins through the emulator in this process: rate and CPU per sign-in by part."""
-    split = CpuSplit()
-    split.install(app)
-    for email in MEMBERS:  # first sign-ins (user creation, consent) are not what we time
-        assert sso_sign_in(app.test_client(), email).status_code == 303
-    split.reset()
-    start = time.perf_counter()
-    for i in range(count):
-        resp = sso_sign_in(app.test_client(), MEMBERS[i % len(MEMBERS)])
-        assert resp.status_code == 303, resp.data[:300]
-    wall = time.perf_counter() - start
-    split._tick()  # charge the last stretch before reading the totals
-    ms = {k: v / count * 1000 for k, v in split.totals.items()}
-    return {"per_second": count / wall, "cpu_ms": ms}
+class Size:
+    """One database of `users` users with its own instance folder, app and port, set up for the measurements."""
+
+    def __init__(self, users: int, orgs: int, args) -> None:
+        self.users = users
+        self.instance = tempfile.mkdtemp(prefix="portal-bench-")
+        self.server, self.schema, database_uri = None, None, None
+        if args.database_url:
+            self.server = sa.create_engine(args.database_url, poolclass=sa.pool.NullPool)
+            self.schema = "bench_" + uuid.uuid4().hex[:12]
+            with self.server.begin() as conn:
+                conn.execute(sa.text(f"CREATE SCHEMA {self.schema}"))
+            database_uri = sa.make_url(args.database_url).update_query_dict(
+                {"options": f"-csearch_path={self.schema}"}).render_as_string(hide_password=False)
+        self.port = free_port()
+        self.config, self.app = build(self.instance, self.port, database_uri, vault_module.generate_key())
+        with self.app.app_context():
+            t0 = time.perf_counter()
+            seed(users, orgs)
+            print(f"  seeded {users} users in {orgs} organisations in {time.perf_counter() - t0:.1f} s", flush=True)
+            import accounts
+            from helpers import PASSWORD
+            accounts.create_organization("Northwind Traders", ["northwind.example"])
+            accounts.create_local_user("admin@northwind.example", "Northwind Traders", PASSWORD, role="admin")
+        admin = self.app.test_client()
+        assert activate_sso(admin).status_code == 303
+        sign_out(admin)
+        browser = self.app.test_client()
+        assert sso_sign_in(browser, MEMBERS[0]).status_code == 303
+        # The first page after sign-in shows (and drops from the cookie) the "Signed in" message: wrk replays the
+        # cookie a browser holds for every page after that one, not a first page over and over.
+        assert browser.get("/profile/").status_code == 200
+        cookie_name = self.app.config["SESSION_COOKIE_NAME"]
+        self.cookie = f"{cookie_name}={browser.get_cookie(cookie_name, domain='127.0.0.1').value}"
+        for email in MEMBERS:  # first sign-ins (user creation, consent) are not what we time
+            assert sso_sign_in(self.app.test_client(), email).status_code == 303
+        self.cpu: dict[str, float] = defaultdict(float)
+        self.signed_in, self.wall = 0, 0.0
+        self.rates: dict[str, list[float]] = defaultdict(list)
+        self.master: subprocess.Popen | None = None
+
+    def sign_in_batch(self, split: CpuSplit, count: int) -> None:
+        """`count` complete sign-ins through the emulator in this process, their CPU charged by part."""
+        split.reset()
+        start = time.perf_counter()
+        for i in range(count):
+            resp = sso_sign_in(self.app.test_client(), MEMBERS[i % len(MEMBERS)])
+            assert resp.status_code == 303, resp.data[:300]
+        self.wall += time.perf_counter() - start
+        split._tick()  # charge the last stretch before reading the totals
+        for category, seconds in split.totals.items():
+            self.cpu[category] += seconds
+        self.signed_in += count
+
+    def start_server(self, workers: int) -> None:
+        """gunicorn with this size's configuration (throttles on), once the in-process app let go of the database."""
+        with self.app.app_context():
+            db.engine.dispose()
+        env = dict(os.environ, BENCH_INSTANCE=self.instance)
+        env.update({f"FLASK_{k}": json.dumps(v) if not isinstance(v, str) else v for k, v in self.config.items()})
+        self.master = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{self.port}", "--log-level",
+             "warning", "--pythonpath", f"{ROOT},{os.path.join(ROOT, 'bench')}", "bench_wsgi:create_bench_app()"],
+            env=env, cwd=ROOT)
+
+    def wait_until_serving(self) -> None:
+        base = f"http://127.0.0.1:{self.port}"
+        for _ in range(300):
+            try:
+                if requests.get(base + "/healthz", timeout=10).status_code == 200:
+                    break
+            except requests.RequestException:  # workers still starting
+                pass
+            time.sleep(0.1)
+        page = requests.get(base + "/profile/", headers={"Cookie": self.cookie}, allow_redirects=False, timeout=10)
+        assert page.status_code == 200 and b"Lena Fischer" in page.content, "the benchmark cookie is not signed in"
+
+    def targets(self) -> dict[str, tuple[str, str | None]]:
+        base = f"http://127.0.0.1:{self.port}"
+        return {"bare": (base + "/_bare/", None), "page": (base + "/_bench/page", None),
+                "signed_in": (base + "/_bench/signed-in", self.cookie), "login": (base + "/login", None),
+                "profile": (base + "/profile/", self.cookie)}
+
+    def result(self) -> dict:
+        http = {name: statistics.median(values) for name, values in self.rates.items()}
+        http["rss_mb"] = [peak_rss_mb(pid) for pid in worker_pids(self.master.pid)]
+        return {"sign_in": {"per_second": self.signed_in / self.wall,
+                            "cpu_ms": {k: v / self.signed_in * 1000 for k, v in self.cpu.items()}},
+                "http": http}
+
+    def close(self) -> None:
+        if self.master is not None:
+            self.master.terminate()
+            self.master.wait(timeout=30)
+        shutil.rmtree(self.instance, ignore_errors=True)
+        if self.server is not None:
+            with self.server.begin() as conn:
+                conn.execute(sa.text(f"DROP SCHEMA {self.schema} CASCADE"))
+            self.server.dispose()
 
 
 def wrk(url: str, seconds: int, connections: int, cookie: str | None) -> float:
@@ -196,82 +284,25 @@ def peak_rss_mb(pid: int) -> float:
         return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) / 1024
 
 
-def http(config: dict, instance: str, port: int, cookie: str, args) -> dict:
-    """Throughput of the bare route, the login prompt and /profile under gunicorn; peak RSS per worker."""
-    env = dict(os.environ, BENCH_INSTANCE=instance)
-    env.update({f"FLASK_{k}": json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()})
-    master = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-w", str(args.workers), "-b", f"127.0.0.1:{port}", "--log-level", "warning",
-         "--pythonpath", f"{ROOT},{os.path.join(ROOT, 'bench')}", "bench_wsgi:create_bench_app()"], env=env, cwd=ROOT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if requests.get(base + "/healthz", timeout=10).status_code == 200:
-                    break
-            except requests.RequestException:  # workers still starting
-                pass
-            time.sleep(0.1)
-        page = requests.get(base + "/profile/", headers={"Cookie": cookie}, allow_redirects=False, timeout=10)
-        assert page.status_code == 200 and b"Lena Fischer" in page.content, "the benchmark cookie is not signed in"
-        targets = {"bare": (base + "/_bare/", None), "page": (base + "/_bench/page", None),
-                   "signed_in": (base + "/_bench/signed-in", cookie), "login": (base + "/login", None),
-                   "profile": (base + "/profile/", cookie)}
-        rates: dict[str, list[float]] = defaultdict(list)
-        for _ in range(args.rounds):  # interleaved, so drift on a shared machine hits all three alike
-            for name, (url, with_cookie) in targets.items():
-                rates[name].append(wrk(url, args.seconds, args.connections, with_cookie))
-        result = {name: statistics.median(values) for name, values in rates.items()}
-        result["rss_mb"] = [peak_rss_mb(pid) for pid in worker_pids(master.pid)]
-        return result
-    finally:
-        master.terminate()
-        master.wait(timeout=30)
-
-
-def run_size(users: int, orgs: int, args) -> dict:
-    instance = tempfile.mkdtemp(prefix="portal-bench-")
-    schema, database_uri, server = None, None, None
-    if args.database_url:
-        server = sa.create_engine(args.database_url, poolclass=sa.pool.NullPool)
-        schema = "bench_" + uuid.uuid4().hex[:12]
-        with server.begin() as conn:
-            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-        database_uri = sa.make_url(args.database_url).update_query_dict(
-            {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
-    try:
-        port = free_port()
-        key = vault_module.generate_key()
-        config, app = build(instance, port, database_uri, key)
-        with app.app_context():
-            t0 = time.perf_counter()
-            seed(users, orgs)
-            print(f"  seeded {users} users in {orgs} organisations in {time.perf_counter() - t0:.1f} s", flush=True)
-            import accounts
-            from helpers import PASSWORD
-            accounts.create_organization("Northwind Traders", ["northwind.example"])
-            accounts.create_local_user("admin@northwind.example", "Northwind Traders", PASSWORD, role="admin")
-        admin = app.test_client()
-        assert activate_sso(admin).status_code == 303
-        sign_out(admin)
-        browser = app.test_client()
-        assert sso_sign_in(browser, MEMBERS[0]).status_code == 303
-        # The first page after sign-in shows (and drops from the cookie) the "Signed in" message: wrk replays the
-        # cookie a browser holds for every page after that one, not a first page over and over.
-        assert browser.get("/profile/").status_code == 200
-        cookie_name = app.config["SESSION_COOKIE_NAME"]
-        cookie = f"{cookie_name}={browser.get_cookie(cookie_name, domain='127.0.0.1').value}"
-        result = {"sign_in": sign_ins(app, args.sign_ins)}
-        with app.app_context():
-            db.engine.dispose()
-        result["http"] = http(config, instance, port, cookie, args)
-        return result
-    finally:
-        shutil.rmtree(instance, ignore_errors=True)
-        if server is not None:
-            with server.begin() as conn:
-                conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-            server.dispose()
+def measure(sizes: list[Size], args) -> dict[int, dict]:
+    """Every figure in rounds that alternate between the sizes, so drift on a shared machine hits them alike."""
+    split = CpuSplit()
+    split.install()
+    for size in sizes:
+        split.charge_emulator_pages(size.app)
+    batch = max(1, args.sign_ins // args.rounds)
+    for _ in range(args.rounds):
+        for size in sizes:
+            size.sign_in_batch(split, batch)
+    for size in sizes:
+        size.start_server(args.workers)
+    for size in sizes:
+        size.wait_until_serving()
+    for _ in range(args.rounds):
+        for size in sizes:
+            for name, (url, cookie) in size.targets().items():
+                size.rates[name].append(wrk(url, args.seconds, args.connections, cookie))
+    return {size.users: size.result() for size in sizes}
 
 
 def report(results: dict[int, dict]) -> None:
@@ -318,17 +349,21 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="gunicorn workers (default: CPUs)")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections (default 8)")
     parser.add_argument("--seconds", type=int, default=8, help="wrk duration per endpoint and round (default 8)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved wrk rounds; medians reported (default 3)")
-    parser.add_argument("--sign-ins", type=int, default=150, help="timed in-process sign-ins (default 150)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds alternating the sizes; medians (default 3)")
+    parser.add_argument("--sign-ins", type=int, default=150, help="timed in-process sign-ins per size (default 150)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
-    results = {}
-    for size in (int(s) for s in args.sizes.split(",")):
-        orgs = args.orgs if size >= args.orgs else 1
-        print(f"== {size:,} users in {orgs:,} organisations ({args.database_url or 'SQLite'})", flush=True)
-        results[size] = run_size(size, orgs, args)
-    report(results)
+    sizes: list[Size] = []
+    try:
+        for users in (int(s) for s in args.sizes.split(",")):
+            orgs = args.orgs if users >= args.orgs else 1
+            print(f"== {users:,} users in {orgs:,} organisations ({args.database_url or 'SQLite'})", flush=True)
+            sizes.append(Size(users, orgs, args))
+        report(measure(sizes, args))
+    finally:
+        for size in sizes:
+            size.close()
 
 
 if __name__ == "__main__":
