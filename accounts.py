@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
 
 import entra
+import throttles
 import vault
 from models import AuditEvent, Domain, LoginSession, Organization, StoredProfile, User, VaultCheck, db, utcnow
 
@@ -834,6 +835,7 @@ def sweep_expired_sessions() -> tuple[int, int]:
                                        StoredProfile.session_id.not_in(db.select(LoginSession.id))
                                        | StoredProfile.session_id.is_(None)),
         execution_options={"synchronize_session": False}).rowcount
+    throttles.forget_expired()
     return len(expired), copies or 0
 
 
@@ -1122,6 +1124,11 @@ def audit_log(org: Organization) -> Iterable[AuditEntry]:
 
 # -- hardening: sign-in throttle keys -----------------------------------------------------------
 
+def _throttle_hash(value: str) -> str:
+    secret = str(current_app.config["SECRET_KEY"]).encode()
+    return hmac.new(secret, b"throttle:" + value.encode(), hashlib.sha256).hexdigest()[:32]
+
+
 def account_key(raw_email: str | None) -> str | None:
     """A keyed hash of the account an email names, for rate limits: no personal data in limiter storage or logs."""
     if not isinstance(raw_email, str) or not raw_email.strip():
@@ -1130,8 +1137,12 @@ def account_key(raw_email: str | None) -> str | None:
         email = normalise_email(raw_email)
     except InvalidInput:
         email = raw_email.strip().lower()[:MAX_EMAIL]  # junk is throttled too, under its own key
-    secret = str(current_app.config["SECRET_KEY"]).encode()
-    return hmac.new(secret, b"throttle:" + email.encode(), hashlib.sha256).hexdigest()[:32]
+    return _throttle_hash(email)
+
+
+def address_key(address: str) -> str:
+    """A keyed hash of a client address, for rate limits: the counters in the database hold no IP address."""
+    return _throttle_hash("address:" + address)
 
 
 def flow_account(state: str | None) -> str | None:

@@ -18,6 +18,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 import accounts
 import commands
 import entra
+import throttles
 from blueprints import auth, home, profile, settings
 
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com/organizations"
@@ -63,7 +64,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, instance_path: s
         # Sign-in throttles (Flask-Limiter syntax), shared by the login prompt, password step,
         # "Continue to Microsoft" and the callback; per client IP and per account (hashed email).
         RATELIMIT_ENABLED=True,
-        RATELIMIT_STORAGE_URI="memory://",
+        RATELIMIT_STORAGE_URI=throttles.SCHEME + "://",  # the portal's database: every worker counts together
         RATELIMIT_STRATEGY="moving-window",
         RATELIMIT_HEADERS_ENABLED=True,
         RATELIMIT_SIGN_IN_PER_IP="60 per minute; 600 per hour",
@@ -127,6 +128,9 @@ def _finish_config(app: Flask) -> None:
         # Outside demo and debug the cookie is HTTPS-only and host-locked.
         cfg["SESSION_COOKIE_SECURE"] = True
         cfg["SESSION_COOKIE_NAME"] = "__Host-portal_session"
+    if cfg["RATELIMIT_STORAGE_URI"].startswith(throttles.SCHEME + ":") and cfg["RATELIMIT_STRATEGY"] != "moving-window":
+        raise ConfigError(f"RATELIMIT_STORAGE_URI {throttles.SCHEME}:// counts with RATELIMIT_STRATEGY 'moving-window' "
+                          "only; remove the strategy setting or choose another storage (memory://, redis://...).")
     if not demo:
         missing = [k for k in ("ENTRA_CLIENT_ID", "ENTRA_CLIENT_SECRET", "SERVER_NAME") if not cfg.get(k)]
         if missing:
@@ -175,7 +179,7 @@ def _wire_emulator(app: Flask) -> None:
 
 def _wire_rate_limits(app: Flask) -> None:
     """Throttle the sign-in endpoints per client IP and per account; one Limiter per app."""
-    limiter = Limiter(get_remote_address, app=app)
+    limiter = Limiter(lambda: accounts.address_key(get_remote_address()), app=app)
 
     @limiter.request_filter
     def not_a_sign_in() -> bool:

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 from flask_login import UserMixin
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import Float, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -131,3 +131,19 @@ class VaultCheck(db.Model):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     value: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class SignInHit(db.Model):
+    """One throttled sign-in request, counted by the sign-in throttles of every worker (see throttles.py).
+
+    `key` names the limit and who it counts (a client IP or a keyed hash of an account); rows are useless once
+    `expires_at` (seconds since the epoch) has passed and are swept with expired sessions.
+    """
+
+    __tablename__ = "sign_in_hits"
+    __table_args__ = (Index("ix_sign_in_hits_key_at", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(255))
+    at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)

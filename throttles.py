@@ -1,0 +1,90 @@
+"""The sign-in throttles' counters in the portal's own database, so every worker and host counts together.
+
+A storage backend for `limits`, the engine under Flask-Limiter, selected with
+RATELIMIT_STORAGE_URI = "portal-database://" (the default). It supports the moving window: one row per counted
+request, counted while its window lasts. Counting runs in its own short transaction, serialised per key, so
+parallel requests on several workers cannot all slip under a limit.
+"""
+from __future__ import annotations
+
+import time
+
+from limits.storage import MovingWindowSupport, Storage
+from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from models import SignInHit, db
+
+SCHEME = "portal-database"
+
+_hits = SignInHit.__table__
+
+
+class DatabaseStorage(Storage, MovingWindowSupport):
+    """Moving-window counters in the `sign_in_hits` table (used inside requests: it needs the app context)."""
+
+    STORAGE_SCHEME = [SCHEME]
+
+    @property
+    def base_exceptions(self) -> type[Exception]:
+        return SQLAlchemyError
+
+    def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        """Count `amount` requests under `key` unless that would exceed `limit` within the last `expiry` seconds."""
+        if amount > limit:
+            return False
+        now = time.time()
+        with db.engine.connect() as conn, conn.begin() as transaction:
+            if conn.dialect.name == "postgresql":
+                # Parallel requests for one key wait here; other keys are not held up.
+                conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key})
+            # SQLite: writing first takes the database's write lock, which does the same.
+            conn.execute(insert(_hits), [{"key": key, "at": now, "expires_at": now + expiry}] * amount)
+            counted = conn.scalar(select(func.count()).where(_hits.c.key == key, _hits.c.at > now - expiry))
+            if counted > limit:
+                transaction.rollback()
+                return False
+        return True
+
+    def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        """(when the oldest counted request of the window was made, how many are counted)."""
+        now = time.time()
+        with db.engine.connect() as conn:
+            oldest, counted = conn.execute(select(func.min(_hits.c.at), func.count())
+                                           .where(_hits.c.key == key, _hits.c.at > now - expiry)).one()
+        return (oldest if oldest is not None else now), counted
+
+    def clear(self, key: str) -> None:
+        with db.engine.begin() as conn:
+            conn.execute(delete(_hits).where(_hits.c.key == key))
+
+    def reset(self) -> int | None:
+        with db.engine.begin() as conn:
+            return conn.execute(delete(_hits)).rowcount
+
+    def check(self) -> bool:
+        try:
+            with db.engine.connect() as conn:
+                conn.execute(select(1))
+            return True
+        except SQLAlchemyError:
+            return False
+
+    def get(self, key: str) -> int:
+        with db.engine.connect() as conn:
+            return conn.scalar(select(func.count()).where(_hits.c.key == key, _hits.c.expires_at > time.time()))
+
+    def get_expiry(self, key: str) -> float:
+        with db.engine.connect() as conn:
+            latest = conn.scalar(select(func.max(_hits.c.expires_at)).where(_hits.c.key == key))
+        return latest if latest is not None else time.time()
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        # Only the fixed-window strategies count this way; app.py refuses them with this storage at start-up.
+        raise NotImplementedError("portal-database:// counts with RATELIMIT_STRATEGY = 'moving-window' only")
+
+
+def forget_expired() -> int:
+    """Delete counted requests whose window has passed (the caller commits); how many."""
+    return db.session.execute(delete(SignInHit).where(SignInHit.expires_at <= time.time()),
+                              execution_options={"synchronize_session": False}).rowcount or 0
