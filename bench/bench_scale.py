@@ -151,6 +151,23 @@ def seed(users: int, orgs: int) -> None:
         conn.execute(sa.text("ANALYZE"))
 
 
+class Schema:
+    """A fresh schema in the PostgreSQL database at `url`, and the URL that puts the portal's tables in it."""
+
+    def __init__(self, url: str) -> None:
+        self.server = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        self.name = "bench_" + uuid.uuid4().hex[:12]
+        with self.server.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {self.name}"))
+        self.uri = sa.make_url(url).update_query_dict(
+            {"options": f"-csearch_path={self.name}"}).render_as_string(hide_password=False)
+
+    def drop(self) -> None:
+        with self.server.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {self.name} CASCADE"))
+        self.server.dispose()
+
+
 def build(instance: str, port: int, database_uri: str | None, key: str):
     config = {"DEMO_MODE": True, "SERVER_NAME": f"127.0.0.1:{port}", "SECRET_KEY": "b" * 48, "ENCRYPTION_KEYS": [key]}
     if database_uri:
@@ -168,14 +185,8 @@ class Size:
     def __init__(self, users: int, orgs: int, args) -> None:
         self.users = users
         self.instance = tempfile.mkdtemp(prefix="portal-bench-")
-        self.server, self.schema, database_uri = None, None, None
-        if args.database_url:
-            self.server = sa.create_engine(args.database_url, poolclass=sa.pool.NullPool)
-            self.schema = "bench_" + uuid.uuid4().hex[:12]
-            with self.server.begin() as conn:
-                conn.execute(sa.text(f"CREATE SCHEMA {self.schema}"))
-            database_uri = sa.make_url(args.database_url).update_query_dict(
-                {"options": f"-csearch_path={self.schema}"}).render_as_string(hide_password=False)
+        self.schema = Schema(args.database_url) if args.database_url else None
+        database_uri = self.schema.uri if self.schema else None
         self.port = free_port()
         self.config, self.app = build(self.instance, self.port, database_uri, vault_module.generate_key())
         with self.app.app_context():
@@ -257,10 +268,8 @@ class Size:
             self.master.terminate()
             self.master.wait(timeout=30)
         shutil.rmtree(self.instance, ignore_errors=True)
-        if self.server is not None:
-            with self.server.begin() as conn:
-                conn.execute(sa.text(f"DROP SCHEMA {self.schema} CASCADE"))
-            self.server.dispose()
+        if self.schema is not None:
+            self.schema.drop()
 
 
 def wrk(url: str, seconds: int, connections: int, cookie: str | None) -> float:

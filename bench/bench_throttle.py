@@ -11,14 +11,12 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
 
-import sqlalchemy as sa  # noqa: E402
-
 from app import create_app  # noqa: E402
+from bench_scale import Schema  # noqa: E402
 from helpers import TEST_KEY, csrf  # noqa: E402
 from models import db  # noqa: E402
 
@@ -28,14 +26,9 @@ def time_login_posts(storage: str, database_url: str | None, requests: int) -> f
     config = {"DEMO_MODE": True, "SECRET_KEY": "b" * 48, "ENCRYPTION_KEYS": [TEST_KEY], "RATELIMIT_STORAGE_URI": storage,
               # Far above what the run sends: every request is counted, none refused.
               "RATELIMIT_SIGN_IN_PER_IP": "1000000 per minute", "RATELIMIT_SIGN_IN_PER_ACCOUNT": "1000000 per minute"}
-    server, schema = None, None
-    if database_url:
-        server = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
-        schema = "throttle_" + uuid.uuid4().hex[:12]
-        with server.begin() as conn:
-            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-        config["SQLALCHEMY_DATABASE_URI"] = sa.make_url(database_url).update_query_dict(
-            {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    schema = Schema(database_url) if database_url else None
+    if schema:
+        config["SQLALCHEMY_DATABASE_URI"] = schema.uri
     try:
         app = create_app(config, instance_path=tempfile.mkdtemp(prefix="portal-bench-"))
         client = app.test_client()
@@ -55,10 +48,8 @@ def time_login_posts(storage: str, database_url: str | None, requests: int) -> f
             db.engine.dispose()
         return elapsed / requests * 1000
     finally:
-        if server is not None:
-            with server.begin() as conn:
-                conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-            server.dispose()
+        if schema is not None:
+            schema.drop()
 
 
 def main() -> None:
