@@ -62,7 +62,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, instance_path: s
         PROXY_FIX_X_FOR=0,
         PROXY_FIX_X_PROTO=0,
         # Sign-in throttles (Flask-Limiter syntax), shared by the login prompt, password step,
-        # "Continue to Microsoft" and the callback; per client IP and per account (hashed email).
+        # "Continue to Microsoft" and the callback; per client IP and per account (both as keyed hashes).
         RATELIMIT_ENABLED=True,
         RATELIMIT_STORAGE_URI=throttles.SCHEME + "://",  # the portal's database: every worker counts together
         RATELIMIT_STRATEGY="moving-window",

@@ -136,8 +136,8 @@ class VaultCheck(db.Model):
 class SignInHit(db.Model):
     """One throttled sign-in request, counted by the sign-in throttles of every worker (see throttles.py).
 
-    `key` names the limit and who it counts (a client IP or a keyed hash of an account); rows are useless once
-    `expires_at` (seconds since the epoch) has passed and are swept with expired sessions.
+    `key` names the limit and whom it counts (a keyed hash of a client address or of an account); a row is
+    useless once `expires_at` (seconds since the epoch) has passed, and is swept with expired sessions.
     """
 
     __tablename__ = "sign_in_hits"
