@@ -817,7 +817,8 @@ def export_user_data(user: User) -> dict[str, Any]:
 
 
 def sweep_expired_sessions() -> tuple[int, int]:
-    """Delete sessions past their idle or absolute limit and profile copies no live session holds (caller commits).
+    """Delete sessions past their idle or absolute limit, profile copies no live session holds and expired
+    sign-in throttle counts (caller commits).
 
     Returns (sessions, copies) deleted. Runs at every sign-in and as `flask --app app sweep-sessions`.
     """

@@ -142,7 +142,7 @@ def rotate_keys(batch_size: int) -> None:
 @click.command("sweep-sessions")
 @with_appcontext
 def sweep_sessions() -> None:
-    """Delete expired sessions and the profile copies that lived only for them."""
+    """Delete expired sessions, the profile copies that lived only for them and expired sign-in throttle counts."""
     sessions, copies = accounts.sweep_sessions()
     click.echo(f"Deleted {sessions} expired sessions and {copies} session-only profile copies.")
 
