@@ -412,7 +412,8 @@ def begin_sso(purpose: str, *, org: Organization, login_hint: str | None, next_p
     while len(flows) >= MAX_PENDING_FLOWS:
         flows.pop(min(flows, key=lambda k: flows[k]["started"]))
     flows[flow["state"]] = {"flow": flow, "purpose": purpose, "org_id": org.id, "next": next_path,
-                            "actor_id": actor.id if actor else None, "started": utcnow().timestamp(),  # float: oldest is well-defined
+                            "actor_id": actor.id if actor else None,
+                            "started": utcnow().timestamp(),  # float: "oldest" is well-defined
                             "account": account_key(login_hint)}
     session["flows"] = flows
     return auth_uri

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from limits.storage import MovingWindowSupport, Storage
-from sqlalchemy import delete, func, insert, select, text
+from sqlalchemy import Float, Integer, String, bindparam, delete, func, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from models import SignInHit, db
@@ -18,6 +18,16 @@ from models import SignInHit, db
 SCHEME = "portal-database"
 
 _hits = SignInHit.__table__
+# Built once (building and cache-keying a statement costs more than running it).
+_IN_WINDOW = (_hits.c.key == bindparam("key", type_=String)) & (_hits.c.at > bindparam("since", type_=Float))
+# Inserts one row only while the window has room; returns it (psycopg reports no row count for this form).
+_ACQUIRE = insert(_hits).from_select(
+    ["key", "at", "expires_at"],
+    select(bindparam("key", type_=String), bindparam("at", type_=Float), bindparam("expires_at", type_=Float))
+    .where(select(func.count()).where(_IN_WINDOW).scalar_subquery() + bindparam("amount", type_=Integer)
+           <= bindparam("limit", type_=Integer))).returning(_hits.c.id)
+_WINDOW = select(func.min(_hits.c.at), func.count()).where(_IN_WINDOW)
+_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 
 
 class DatabaseStorage(Storage, MovingWindowSupport):
@@ -34,24 +44,22 @@ class DatabaseStorage(Storage, MovingWindowSupport):
         if amount > limit:
             return False
         now = time.time()
-        with db.engine.connect() as conn, conn.begin() as transaction:
+        row = {"key": key, "at": now, "expires_at": now + expiry}
+        with db.engine.begin() as conn:
             if conn.dialect.name == "postgresql":
-                # Parallel requests for one key wait here; other keys are not held up.
-                conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"), {"key": key})
-            # SQLite: writing first takes the database's write lock, which does the same.
-            conn.execute(insert(_hits), [{"key": key, "at": now, "expires_at": now + expiry}] * amount)
-            counted = conn.scalar(select(func.count()).where(_hits.c.key == key, _hits.c.at > now - expiry))
-            if counted > limit:
-                transaction.rollback()
+                conn.execute(_LOCK, {"key": key})  # parallel requests for this key queue here
+            # One statement: on SQLite it holds the write lock from its start, so parallel requests queue there.
+            if conn.execute(_ACQUIRE, {**row, "since": now - expiry, "amount": amount, "limit": limit}).first() is None:
                 return False
+            if amount > 1:  # the rest of a costlier request, still under the lock
+                conn.execute(insert(_hits), [row] * (amount - 1))
         return True
 
     def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
         """(when the oldest counted request of the window was made, how many are counted)."""
         now = time.time()
         with db.engine.connect() as conn:
-            oldest, counted = conn.execute(select(func.min(_hits.c.at), func.count())
-                                           .where(_hits.c.key == key, _hits.c.at > now - expiry)).one()
+            oldest, counted = conn.execute(_WINDOW, {"key": key, "since": now - expiry}).one()
         return (oldest if oldest is not None else now), counted
 
     def clear(self, key: str) -> None:

@@ -23,7 +23,8 @@ from models import db  # noqa: E402
 
 def time_login_posts(storage: str, database_url: str | None, requests: int) -> float:
     """Milliseconds per throttled POST /login with the counters in `storage`."""
-    config = {"DEMO_MODE": True, "SECRET_KEY": "b" * 48, "ENCRYPTION_KEYS": [TEST_KEY], "RATELIMIT_STORAGE_URI": storage,
+    config = {"DEMO_MODE": True, "SECRET_KEY": "b" * 48, "ENCRYPTION_KEYS": [TEST_KEY],
+              "RATELIMIT_STORAGE_URI": storage,
               # Far above what the run sends: every request is counted, none refused.
               "RATELIMIT_SIGN_IN_PER_IP": "1000000 per minute", "RATELIMIT_SIGN_IN_PER_ACCOUNT": "1000000 per minute"}
     schema = Schema(database_url) if database_url else None
