@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CALLBACK_PATH = "/auth/callback"
 ADMIN_CONSENT_CALLBACK_PATH = "/auth/admin-consent/callback"
+DISCOVERY_PATH = "/v2.0/.well-known/openid-configuration"  # under the authority
 SCOPES = ["User.Read"]
 ADMIN_CONSENT_SCOPE = "https://graph.microsoft.com/.default"
 PERSONAL_TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"
@@ -158,13 +159,20 @@ def explain(error: str | None, description: str | None) -> EntraError:
 # -- wiring -------------------------------------------------------------------------------------
 
 class _TimeoutSession(requests.Session):
-    """The one outbound session: every call gets a timeout, even MSAL's, which sends none."""
+    """The one outbound session: every call gets a timeout, even MSAL's, which sends none. A GET answer the portal
+    has checked and kept (the authority's discovery document) is answered from memory, so MSAL reads ours."""
 
     def __init__(self, timeout: float):
         super().__init__()
         self.default_timeout = timeout
+        self._kept: dict[str, requests.Response] = {}
+
+    def keep(self, url: str, resp: requests.Response) -> None:
+        self._kept[url] = resp
 
     def request(self, method, url, **kwargs):  # type: ignore[override]
+        if method.upper() == "GET" and url in self._kept:
+            return self._kept[url]
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.default_timeout
         return super().request(method, url, **kwargs)
@@ -226,6 +234,7 @@ class EntraClient:
                              title="Microsoft could not be reached", hint="Try again in a minute.") from None
 
     def _msal_app(self) -> msal.ConfidentialClientApplication:
+        self.discovery()  # checked first, then MSAL reads the same document (one fetch per process)
         with self._lock:
             if self._msal is None:
                 try:
@@ -246,7 +255,8 @@ class EntraClient:
     def discovery(self) -> dict[str, Any]:
         """The authority's OpenID configuration, fetched once per process and checked against the authority."""
         if self._discovery is None:
-            resp = self._get(self.authority + "/v2.0/.well-known/openid-configuration", "discovery")
+            url = self.authority + DISCOVERY_PATH
+            resp = self._get(url, "discovery")
             try:
                 doc = resp.json() if resp.status_code == 200 else None
             except ValueError:
@@ -265,6 +275,7 @@ class EntraClient:
                 raise EntraError("bad_discovery", "Microsoft's sign-in configuration does not match this portal's.",
                                  status=502, title="Sign-in configuration mismatch",
                                  hint="The operator should check ENTRA_AUTHORITY.")
+            self.http.keep(url, resp)
             self._discovery = doc
         return self._discovery
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import jwt
 import pytest
 
-from helpers import NORTHWIND_TID, activate_sso, sso_sign_in
+from helpers import NORTHWIND_TID, activate_sso, password_sign_in, sso_sign_in, submit, through_microsoft
 from models import AuditEvent, db
 from test_sso import _signed_in, _state, active  # noqa: F401  (shared fixture)
 
@@ -126,10 +126,17 @@ def test_key_rotated_just_before_signing_is_fetched_once(client, emulator, activ
 def test_discovery_issuer_must_match_the_authority(app, client, emulator, northwind, issuer):
     emulator.faults["discovery"] = {"issuer": issuer}
     before = _state(app)
-    resp = activate_sso(client)
+    password_sign_in(client, "admin@northwind.example")
+    consent = submit(client, client.get("/settings/security"), "Activate SSO")
+    resp = submit(client, consent, "Continue to Microsoft")  # checked before the browser is sent anywhere
     assert resp.status_code == 502, resp.data[:300]
     assert b"configuration" in resp.data
     assert _state(app)[3] == before[3]
+    emulator.faults.pop("discovery")  # Microsoft's answer is right again: asked for again, and accepted
+    consent = submit(client, client.get("/settings/security"), "Activate SSO")
+    go = submit(client, consent, "Continue to Microsoft")
+    assert go.status_code == 303
+    assert through_microsoft(client, go, user="admin@northwind.example").status_code == 303
 
 
 def test_emulator_fault_switches_used_here_do_what_they_say(app, emulator):

@@ -29,10 +29,10 @@ def test_discovery_and_keys_once_per_process_and_every_call_has_a_timeout(app, c
         assert sso_sign_in(client, email).status_code == 303
         sign_out(client)
     calls = _calls(emulator)
-    # Once for MSAL's authority, once for our token validation; never again in this process.
-    assert calls.count("organizations/v2.0/.well-known/openid-configuration") == 2
+    # Once, read by MSAL and by our token validation alike; never again in this process.
+    assert calls.count("organizations/v2.0/.well-known/openid-configuration") == 1
     assert calls.count("organizations/discovery/v2.0/keys") == 1
     assert calls.count("organizations/oauth2/v2.0/token") == 3  # activation and two sign-ins
     assert calls.count("v1.0/me") == 3 and calls.count("v1.0/me/photo/$value") == 3
-    assert len(calls) == 12
+    assert len(calls) == 11
     assert {timeout for _, _, timeout in emulator.requests} == {app.config["ENTRA_TIMEOUT"]}
