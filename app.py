@@ -209,7 +209,7 @@ def _register_security_headers(app: Flask) -> None:
            f"frame-ancestors 'none'; form-action 'self'{microsoft}")
     hsts = not (app.debug or app.config["DEMO_MODE"]) and app.config["PREFERRED_URL_SCHEME"] == "https"
     defaults = [("Content-Security-Policy", csp), ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
-                ("Referrer-Policy", "no-referrer"), ("Cross-Origin-Opener-Policy", "same-origin")]
+                ("Referrer-Policy", "same-origin"), ("Cross-Origin-Opener-Policy", "same-origin")]
     if hsts:
         defaults.append(("Strict-Transport-Security", "max-age=31536000; includeSubDomains"))
     defaults_by_key = [(name.lower(), name, value) for name, value in defaults]
