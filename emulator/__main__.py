@@ -5,6 +5,8 @@ ENTRA_CA_BUNDLE (the CA that signed --cert); see the README's "Staging with the 
 """
 from __future__ import annotations
 
+import ssl
+
 import click
 from werkzeug.serving import make_server
 
@@ -36,7 +38,12 @@ def main(host: str, port: int, cert: str, key: str, url: str | None, instance: s
     emu = Emulator(instance, browser_url=url, login_url=url, graph_url=url + "/graph",
                    clients={client_id: {"secret": client_secret, "redirect_uris": list(redirect_uris),
                                         "name": "Customer Portal (staging)"}})
-    server = make_server(host, port, emu.wsgi, threaded=True, ssl_context=(cert, key))
+    try:
+        server = make_server(host, port, emu.wsgi, threaded=True, ssl_context=(cert, key))
+    except ssl.SSLError as e:
+        raise click.ClickException(f"--cert/--key could not be loaded as a PEM certificate and its key: {e}") from None
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}") from None
     click.echo(f"Entra ID emulator at {url}: ENTRA_AUTHORITY={url}/organizations GRAPH_ENDPOINT={url}/graph/v1.0",
                err=True)
     try:
