@@ -47,6 +47,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, instance_path: s
         ENTRA_AUTHORITY=DEFAULT_AUTHORITY,
         GRAPH_ENDPOINT="https://graph.microsoft.com/v1.0",
         ENTRA_TIMEOUT=10.0,
+        ENTRA_CA_BUNDLE=None,  # a PEM file of CAs for outbound calls instead of the system's (a staging emulator)
         ENCRYPTION_KEYS=None,
         ENCRYPTION_KEY_FILE=None,
         DEMO_MODE=False,
@@ -128,6 +129,9 @@ def _finish_config(app: Flask) -> None:
         # Outside demo and debug the cookie is HTTPS-only and host-locked.
         cfg["SESSION_COOKIE_SECURE"] = True
         cfg["SESSION_COOKIE_NAME"] = "__Host-portal_session"
+    bundle = cfg["ENTRA_CA_BUNDLE"]
+    if bundle and not os.path.isfile(bundle):
+        raise ConfigError(f"ENTRA_CA_BUNDLE is not a file: {bundle!r}. Give the path of a PEM file of CA certificates.")
     if cfg["RATELIMIT_STORAGE_URI"].startswith(throttles.SCHEME + ":") and cfg["RATELIMIT_STRATEGY"] != "moving-window":
         raise ConfigError(f"RATELIMIT_STORAGE_URI {throttles.SCHEME}:// counts with RATELIMIT_STRATEGY 'moving-window' "
                           "only; remove the strategy setting or choose another storage (memory://, redis://...).")
@@ -209,7 +213,7 @@ def _register_security_headers(app: Flask) -> None:
            f"frame-ancestors 'none'; form-action 'self'{microsoft}")
     hsts = not (app.debug or app.config["DEMO_MODE"]) and app.config["PREFERRED_URL_SCHEME"] == "https"
     defaults = [("Content-Security-Policy", csp), ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
-                ("Referrer-Policy", "no-referrer"), ("Cross-Origin-Opener-Policy", "same-origin")]
+                ("Referrer-Policy", "same-origin"), ("Cross-Origin-Opener-Policy", "same-origin")]
     if hsts:
         defaults.append(("Strict-Transport-Security", "max-age=31536000; includeSubDomains"))
     defaults_by_key = [(name.lower(), name, value) for name, value in defaults]

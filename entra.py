@@ -162,9 +162,11 @@ class _TimeoutSession(requests.Session):
     """The one outbound session: every call gets a timeout, even MSAL's, which sends none. A GET answer the portal
     has checked and kept (the authority's discovery document) is answered from memory, so MSAL reads ours."""
 
-    def __init__(self, timeout: float):
+    def __init__(self, timeout: float, ca_bundle: str | None = None):
         super().__init__()
         self.default_timeout = timeout
+        if ca_bundle:
+            self.verify = ca_bundle  # the CAs to trust instead of the system's (ENTRA_CA_BUNDLE)
         self._kept: dict[str, requests.Response] = {}
 
     def keep(self, url: str, resp: requests.Response) -> None:
@@ -175,6 +177,8 @@ class _TimeoutSession(requests.Session):
             return self._kept[url]
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.default_timeout
+        if kwargs.get("verify") is None:
+            kwargs["verify"] = self.verify  # a bundle given here wins over REQUESTS_CA_BUNDLE
         return super().request(method, url, **kwargs)
 
 
@@ -212,7 +216,7 @@ class EntraClient:
         self.base_url = base
         self.redirect_uri = base + CALLBACK_PATH
         self.admin_consent_redirect_uri = base + ADMIN_CONSENT_CALLBACK_PATH
-        self.http = _TimeoutSession(float(cfg["ENTRA_TIMEOUT"]))
+        self.http = _TimeoutSession(float(cfg["ENTRA_TIMEOUT"]), cfg.get("ENTRA_CA_BUNDLE"))
         self._lock = threading.Lock()
         self._msal: msal.ConfidentialClientApplication | None = None
         self._discovery: dict[str, Any] | None = None
@@ -241,7 +245,10 @@ class EntraClient:
                     self._msal = msal.ConfidentialClientApplication(
                         self.client_id, client_credential=self._secret, authority=self.authority,
                         http_client=self.http, token_cache=_NoTokenCache(),
-                        exclude_scopes=["offline_access"])  # no refresh token: no access after sign-in
+                        exclude_scopes=["offline_access"],  # no refresh token: no access after sign-in
+                        # Never ask login.microsoftonline.com about another authority host (a staging emulator);
+                        # MSAL skips that question for Microsoft's own hosts anyway.
+                        instance_discovery=False)
                 except requests.Timeout:
                     raise EntraError("upstream_timeout", "Microsoft did not answer in time (discovery).", status=504,
                                      title="Microsoft is not answering", hint="Try again in a minute.") from None

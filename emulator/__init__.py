@@ -24,11 +24,15 @@ __all__ = ["Emulator", "Directory", "Tenant", "User"]
 class Emulator:
     """One emulated Entra ID + Graph, with its state in `instance_path`."""
 
-    def __init__(self, instance_path: str, *, browser_url: str,
-                 clients: dict[str, dict]) -> None:
+    def __init__(self, instance_path: str, *, browser_url: str, clients: dict[str, dict],
+                 login_url: str = f"https://{LOGIN_HOST}", graph_url: str = f"https://{GRAPH_HOST}") -> None:
         os.makedirs(instance_path, exist_ok=True)
         self.instance_path = instance_path
         self.browser_url = browser_url.rstrip("/")
+        # Where the back channel reaches it: issuer, token and keys (login_url), Graph (graph_url + /v1.0).
+        # Microsoft's own hosts when mounted in-process; its own URL when it serves HTTPS (python -m emulator).
+        self.login_url = login_url.rstrip("/")
+        self.graph_url = graph_url.rstrip("/")
         self.clients = {
             cid: {"secret": c["secret"], "redirect_uris": list(c.get("redirect_uris", [])),
                   "name": c.get("name") or cid}

@@ -210,12 +210,13 @@ def discovery(tenant: str):
     if not known:
         return _invalid_tenant(tenant)
     path = found.tid if found else tenant
-    issuer = f"{LOGIN}/{found.tid if found else '{tenantid}'}/v2.0"
+    login = emu.login_url
+    issuer = f"{login}/{found.tid if found else '{tenantid}'}/v2.0"
     doc = {
-        "token_endpoint": f"{LOGIN}/{path}/oauth2/v2.0/token",
+        "token_endpoint": f"{login}/{path}/oauth2/v2.0/token",
         "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt",
                                                   "client_secret_basic"],
-        "jwks_uri": f"{LOGIN}/{path}/discovery/v2.0/keys",
+        "jwks_uri": f"{login}/{path}/discovery/v2.0/keys",
         "response_modes_supported": ["query", "fragment", "form_post"],
         "subject_types_supported": ["pairwise"],
         "id_token_signing_alg_values_supported": ["RS256"],
@@ -223,9 +224,9 @@ def discovery(tenant: str):
         "scopes_supported": ["openid", "profile", "email", "offline_access"],
         "issuer": issuer,
         "request_uri_parameter_supported": False,
-        "userinfo_endpoint": "https://graph.microsoft.com/oidc/userinfo",
+        "userinfo_endpoint": f"{emu.graph_url}/oidc/userinfo",
         "authorization_endpoint": f"{emu.browser_url}/{path}/oauth2/v2.0/authorize",
-        "device_authorization_endpoint": f"{LOGIN}/{path}/oauth2/v2.0/devicecode",
+        "device_authorization_endpoint": f"{login}/{path}/oauth2/v2.0/devicecode",
         "http_logout_supported": True,
         "frontchannel_logout_supported": True,
         "end_session_endpoint": f"{emu.browser_url}/{path}/oauth2/v2.0/logout",
@@ -233,7 +234,7 @@ def discovery(tenant: str):
                              "cloud_graph_host_name", "msgraph_host", "aud", "exp", "iat",
                              "auth_time", "acr", "nonce", "preferred_username", "name", "tid",
                              "ver", "at_hash", "c_hash", "email"],
-        "kerberos_endpoint": f"{LOGIN}/{path}/kerberos",
+        "kerberos_endpoint": f"{login}/{path}/kerberos",
         "tenant_region_scope": found.region if found else None,
         "cloud_instance_name": "microsoftonline.com",
         "cloud_graph_host_name": "graph.windows.net",
@@ -250,7 +251,7 @@ def jwks(tenant: str):
     if not known:
         return _invalid_tenant(tenant)
     emu = _emu()
-    doc = emu.keys.jwks()
+    doc = emu.keys.jwks(f"{emu.login_url}/{{tenantid}}/v2.0")
     if "jwks_keys" in emu.faults:
         doc["keys"] = list(emu.faults["jwks_keys"])
     doc["keys"] += list(emu.faults.get("jwks_extra_keys") or [])
@@ -639,7 +640,7 @@ def _id_token(client_id: str, user: "User", nonce: str | None, sid: str | None) 
     emu = _emu()
     now = int(emu.now())
     claims = {
-        "aud": client_id, "iss": f"{LOGIN}/{user.tid}/v2.0",
+        "aud": client_id, "iss": f"{emu.login_url}/{user.tid}/v2.0",
         "iat": now, "nbf": now, "exp": now + 3600,
         "aio": tokens.random_claim(),
         "login_hint": tokens.b64url(f"O.{user.oid}.{user.tid}.{tokens.random_claim()}".encode()),

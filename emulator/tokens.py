@@ -80,7 +80,7 @@ class KeyRing:
     def public_key(self, kid: str):
         return next((k.public_key() for k_id, k, _ in self.keys() if k_id == kid), None)
 
-    def jwks(self) -> dict:
+    def jwks(self, issuer: str = "https://login.microsoftonline.com/{tenantid}/v2.0") -> dict:
         out = []
         for kid, key, cert in self.keys():
             numbers = key.public_key().public_numbers()
@@ -89,7 +89,7 @@ class KeyRing:
                         "x5t": b64url(hashlib.sha1(der).digest()),
                         "n": _int_b64(numbers.n), "e": _int_b64(numbers.e),
                         "x5c": [base64.b64encode(der).decode()],
-                        "issuer": "https://login.microsoftonline.com/{tenantid}/v2.0"})
+                        "issuer": issuer})
         return {"keys": out}
 
 

@@ -128,7 +128,7 @@ def test_security_headers_on_every_page(client, northwind):
         for part in ("default-src 'self'", "frame-ancestors 'none'", "form-action 'self'", "object-src 'none'"):
             assert part in csp, (name, csp)
         assert "unsafe-inline" not in csp and "script-src" not in csp  # scripts: 'self' only, none inline
-        assert h["X-Content-Type-Options"] == "nosniff" and h["Referrer-Policy"] == "no-referrer", name
+        assert h["X-Content-Type-Options"] == "nosniff" and h["Referrer-Policy"] == "same-origin", name
         assert h["X-Frame-Options"] == "DENY", name
         assert h["Cache-Control"] == "no-store", name
         assert "Strict-Transport-Security" not in h  # demo mode is plain HTTP

@@ -33,6 +33,7 @@ class LivePortal:
         self.server: BaseWSGIServer = make_server("127.0.0.1", 0, self._dispatch, threaded=True,
                                                   request_handler=_QuietHandler)
         self.host = f"127.0.0.1:{self.server.server_port}"
+        self.microsoft_url = self.url("/_entra/")  # where the emulator's browser pages are mounted
         self.app = create_app({"DEMO_MODE": True, "SERVER_NAME": self.host, **config},
                               instance_path=instance_path)
         result = self.app.test_cli_runner().invoke(args=["demo", "--no-serve"])

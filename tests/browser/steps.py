@@ -130,8 +130,9 @@ class Walk:
     def flash(self) -> list[str]:
         return [t.strip() for t in self.page.locator(".flash").all_inner_texts()]
 
-    def on_microsoft(self) -> bool:
-        return "/_entra/" in self.page.url
+    def on_microsoft(self, url: str | None = None) -> bool:
+        """Whether the page (or `url`) is one of Microsoft's, i.e. the emulator's."""
+        return (url or self.page.url).startswith(self.portal.microsoft_url)
 
     # -- keyboard only --------------------------------------------------------------------------
 
@@ -179,13 +180,13 @@ class Walk:
                 self.page.get_by_role("radio", name=re.compile(re.escape(account))).check()
             self.click("Sign in")
         if consent is None:
-            self.page.wait_for_url(lambda url: "/_entra/" not in url)
+            self.page.wait_for_url(lambda url: not self.on_microsoft(url))
             return self
         self.at("Permissions requested", "microsoft-consent")
         if on_behalf:
             self.page.get_by_label("Consent on behalf of your organization").check()
         self.click("Accept" if consent == "accept" else "Cancel")
-        self.page.wait_for_url(lambda url: "/_entra/" not in url)
+        self.page.wait_for_url(lambda url: not self.on_microsoft(url))
         return self
 
     def activate_sso(self, account: str, **microsoft) -> "Walk":

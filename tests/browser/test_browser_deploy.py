@@ -1,0 +1,409 @@
+"""The README's deployment, run as written: Chromium → nginx (TLS) → gunicorn → portal → the emulator over HTTPS.
+
+The gunicorn command, the environment, the nginx server block and the emulator's start command are the blocks of
+README.md marked `<!-- deploy-test: NAME -->`; only ports, certificate paths, secrets and the database are the
+test's own. Runs once per CI run (marker `deploy`): it uses its own SQLite file whatever TEST_DATABASE_URL says.
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import ipaddress
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+import requests
+import vault
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from playwright.sync_api import sync_playwright
+
+from live import CHROMIUM, CHROMIUM_FLAGS, ROOT
+from steps import Walk
+
+pytestmark = pytest.mark.deploy
+
+NGINX = "/usr/sbin/nginx"
+PORTAL = "portal.example.com"  # the README's host; Chromium maps it to nginx on 127.0.0.1
+BIN = os.path.dirname(sys.executable)  # the venv's gunicorn and flask
+ADMIN, MEMBER = "admin@northwind.example", "lena.fischer@northwind.example"
+ADMIN_PASSWORD = "correct horse battery staple 42"
+# The README's environment leaves these to the operator ("..."): the test fills exactly these.
+FILLED = {"FLASK_SECRET_KEY", "FLASK_ENCRYPTION_KEYS", "FLASK_ENTRA_CLIENT_ID", "FLASK_ENTRA_CLIENT_SECRET",
+          "FLASK_SQLALCHEMY_DATABASE_URI"}
+
+
+def _missing(what: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} (CI installs it in .ci/run; the deployment test must not be skipped there)")
+    pytest.skip(what)
+
+
+# -- the README's blocks ------------------------------------------------------------------------------
+
+def readme_block(name: str) -> str:
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    found = re.search(rf"<!-- deploy-test: {re.escape(name)} -->\n```[a-z]*\n(.*?)\n```", text, re.S)
+    assert found, f"README.md has no code block marked <!-- deploy-test: {name} -->"
+    return found.group(1)
+
+
+def readme_env(name: str) -> dict[str, str]:
+    """KEY=value lines, quoted as a shell (and systemd's EnvironmentFile) reads them."""
+    env = {}
+    for line in readme_block(name).splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = "".join(shlex.split(value))
+    return env
+
+
+def readme_commands(name: str, env: dict[str, str]) -> list[list[str]]:
+    """The block's commands as argument lists: `\\` continuations joined, "$VAR" taken from `env`."""
+    text = readme_block(name).replace("\\\n", " ")
+    return [[re.sub(r"\$(\w+)", lambda m: env[m.group(1)], arg) for arg in shlex.split(line)]
+            for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _sub(pattern: str, replacement: str, text: str) -> str:
+    """re.sub that insists on a match: a README edit that moves a port or path must fail here, not go unnoticed."""
+    text, count = re.subn(pattern, lambda m: m.expand(replacement), text)
+    assert count, f"the README's block no longer has {pattern!r}"
+    return text
+
+
+def _set_option(args: list[str], option: str, value: str) -> list[str]:
+    assert option in args, f"the README's command has no {option}: {args}"
+    i = args.index(option)
+    return args[:i + 1] + [value] + args[i + 2:]
+
+
+# -- certificates -------------------------------------------------------------------------------------
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_pki(folder) -> dict[str, str]:
+    """A CA and two server certificates it signs (the portal's for nginx, the emulator's); PEM file paths."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(_name("Portal test CA")).issuer_name(_name("Portal test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    paths = {"ca": str(folder / "ca.pem")}
+    (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    spki = []
+    for label, names in (("portal", [x509.DNSName(PORTAL)]),
+                         ("emulator", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (x509.CertificateBuilder().subject_name(_name(label)).issuer_name(ca.subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName(names), critical=False)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .sign(ca_key, hashes.SHA256()))
+        chain = cert.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM)
+        (folder / f"{label}.pem").write_bytes(chain)
+        (folder / f"{label}-key.pem").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        paths[label], paths[label + "_key"] = str(folder / f"{label}.pem"), str(folder / f"{label}-key.pem")
+        der = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+        spki.append(base64.b64encode(hashlib.sha256(der).digest()).decode())
+    # Chromium trusts exactly these two keys (its own flag for test servers); nothing else is relaxed.
+    paths["spki"] = ",".join(spki)
+    return paths
+
+
+# -- processes ----------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Processes:
+    """Servers started by this test, each in its own process group, with its output in a log file."""
+
+    def __init__(self, folder) -> None:
+        self.folder = folder
+        self.running: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, args: list[str], **kwargs) -> subprocess.Popen:
+        log = open(self.folder / f"{name}.log", "wb")
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, **kwargs)
+        log.close()
+        self.running.append((name, proc))
+        return proc
+
+    def log(self, name: str) -> str:
+        path = self.folder / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_for_port(self, name: str, port: int, timeout: float = 30) -> None:
+        proc = dict(self.running)[name]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited with {proc.returncode}:\n{self.log(name)}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"{name} did not listen on {port} within {timeout} s:\n{self.log(name)}")
+
+    def stop(self) -> None:
+        for name, proc in reversed(self.running):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for name, proc in reversed(self.running):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def nginx_conf(prefix, server_block: str) -> str:
+    """A main nginx.conf around the README's server block: no root paths, everything under `prefix`."""
+    user = "user root;\n" if os.geteuid() == 0 else ""  # as root, workers would otherwise run as nobody
+    temp = "\n".join(f"    {kind}_temp_path {prefix}/{kind};" for kind in
+                     ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return (f"{user}daemon off;\nworker_processes 1;\npid {prefix}/nginx.pid;\nerror_log {prefix}/error.log info;\n"
+            f"events {{ worker_connections 256; }}\n"
+            f"http {{\n    access_log {prefix}/access.log;\n{temp}\n{server_block}\n}}\n")
+
+
+# -- the test -----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def deployment(tmp_path):
+    """The README's deployment on free loopback ports; yields what the browser needs."""
+    if not os.path.exists(NGINX):
+        _missing(f"no nginx at {NGINX}: apt-get install nginx")
+    if not os.path.exists(CHROMIUM):
+        _missing(f"no browser at {CHROMIUM}: apt-get install chromium")
+    pki = make_pki(tmp_path)
+    emu_port, app_port, https_port, http_port = free_port(), free_port(), free_port(), free_port()
+    emu_url = f"https://127.0.0.1:{emu_port}"
+
+    # The README's environment, the test's secrets filled in, plus the staging block pointed at the emulator.
+    readme = readme_env("environment")
+    assert {k for k, v in readme.items() if v == "..."} == FILLED, "the README's environment changed its blanks"
+    env = {**readme,
+           "FLASK_SECRET_KEY": base64.urlsafe_b64encode(os.urandom(36)).decode(),
+           "FLASK_ENCRYPTION_KEYS": vault.generate_key(),
+           "FLASK_ENTRA_CLIENT_ID": str(uuid.uuid4()),
+           "FLASK_ENTRA_CLIENT_SECRET": "Xq8Q~" + base64.urlsafe_b64encode(os.urandom(26)).decode()[:35],
+           "FLASK_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/portal.sqlite"}
+    staging = readme_env("staging-environment")
+    assert staging.keys() == {"FLASK_ENTRA_AUTHORITY", "FLASK_GRAPH_ENDPOINT", "FLASK_ENTRA_CA_BUNDLE"}
+    for key, value in staging.items():
+        env[key] = pki["ca"] if key == "FLASK_ENTRA_CA_BUNDLE" else _sub(r"^https://127\.0\.0\.1:8443\b", emu_url, value)
+    env.update(PATH=os.environ["PATH"], HOME=str(tmp_path), LANG="C.UTF-8")
+
+    procs = Processes(tmp_path)
+    try:
+        [emulator] = readme_commands("emulator", env)
+        assert emulator[:3] == ["python", "-m", "emulator"]
+        emulator = [sys.executable] + emulator[1:] + ["--instance", str(tmp_path / "emulator")]
+        for option, value in (("--port", str(emu_port)), ("--cert", pki["emulator"]),
+                              ("--key", pki["emulator_key"])):
+            emulator = _set_option(emulator, option, value)
+        procs.start("emulator", emulator, cwd=ROOT, env=env)
+
+        def flask(*args: str, stdin: str = "") -> None:
+            result = subprocess.run([f"{BIN}/flask", *args], cwd=ROOT, env=env, input=stdin, capture_output=True,
+                                    text=True, timeout=120)
+            assert result.returncode == 0, f"flask {' '.join(args)}:\n{result.stdout}{result.stderr}"
+
+        for command in readme_commands("migrate", env):
+            assert command[0] == "flask"
+            flask(*command[1:])
+        flask("--app", "app", "create-org", "Northwind Traders", "--domain", "northwind.example")
+        flask("--app", "app", "create-admin", ADMIN, "--org", "Northwind Traders", "--password-stdin",
+              stdin=ADMIN_PASSWORD + "\n")
+
+        [gunicorn] = readme_commands("gunicorn", env)
+        assert gunicorn[0] == "gunicorn" and "127.0.0.1:8000" in gunicorn
+        gunicorn = [f"{BIN}/gunicorn"] + [a.replace("127.0.0.1:8000", f"127.0.0.1:{app_port}") for a in gunicorn[1:]]
+        procs.start("gunicorn", gunicorn, cwd=ROOT, env=env)
+
+        block = readme_block("nginx")
+        block = _sub(r"\blisten 443\b", f"listen 127.0.0.1:{https_port}", block)
+        block = _sub(r"\blisten 80\b", f"listen 127.0.0.1:{http_port}", block)
+        block = _sub(r"(\bssl_certificate\s+)\S+;", rf"\g<1>{pki['portal']};", block)
+        block = _sub(r"(\bssl_certificate_key\s+)\S+;", rf"\g<1>{pki['portal_key']};", block)
+        block = _sub(r"http://127\.0\.0\.1:8000\b", f"http://127.0.0.1:{app_port}", block)
+        nginx_dir = tmp_path / "nginx"
+        nginx_dir.mkdir()
+        (nginx_dir / "nginx.conf").write_text(nginx_conf(nginx_dir, block))
+        procs.start("nginx", [NGINX, "-p", str(nginx_dir), "-c", str(nginx_dir / "nginx.conf"),
+                              "-e", str(nginx_dir / "error.log")])
+
+        procs.wait_for_port("emulator", emu_port)
+        procs.wait_for_port("gunicorn", app_port)
+        procs.wait_for_port("nginx", https_port)
+        yield {"https_port": https_port, "http_port": http_port, "emulator": emu_url, "pki": pki,
+               "procs": procs, "env": env}
+    finally:
+        procs.stop()
+
+
+class Deployed:
+    """What a Walk needs to know about the portal: its public URL and where Microsoft's pages are."""
+
+    def __init__(self, emulator_url: str) -> None:
+        self.microsoft_url = emulator_url + "/"
+
+    def url(self, path: str = "/") -> str:
+        return f"https://{PORTAL}{path}"
+
+
+def test_the_readme_deployment_signs_in_through_nginx_over_https(deployment):
+    d = deployment
+    logs = lambda: "\n".join(f"== {n}\n{d['procs'].log(n)[-4000:]}" for n in ("gunicorn", "emulator", "nginx"))
+
+    # nginx's plain-HTTP server sends browsers to HTTPS.
+    http = requests.get(f"http://127.0.0.1:{d['http_port']}/profile/", headers={"Host": PORTAL},
+                        allow_redirects=False, timeout=10)
+    assert (http.status_code, http.headers["Location"]) == (301, f"https://{PORTAL}/profile/")
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=CHROMIUM_FLAGS + [f"--host-resolver-rules=MAP {PORTAL}:443 127.0.0.1:{d['https_port']}",
+                                   f"--ignore-certificate-errors-spki-list={d['pki']['spki']}"])
+        try:
+            context = browser.new_context(java_script_enabled=False, viewport={"width": 1280, "height": 800})
+            walk = Walk(context.new_page(), Deployed(d["emulator"]))
+            try:
+                # An admin signs in with a password and activates SSO at the emulated Microsoft, over HTTPS.
+                walk.sign_in_locally(ADMIN, ADMIN_PASSWORD)
+                response = walk.page.goto(walk.portal.url("/"))
+                # One HSTS policy, the portal's (Playwright joins repeated headers with a newline).
+                assert response.headers["strict-transport-security"] == "max-age=31536000; includeSubDomains"
+                cookies = {c["name"]: c for c in context.cookies()}
+                assert cookies["__Host-portal_session"]["secure"], cookies
+                walk.open_security().activate_sso(ADMIN, on_behalf=False)
+                walk.at("Settings", "security-active")
+                assert walk.page.url == walk.portal.url("/settings/security")
+                assert "Status: Active" in walk.page.inner_text("main"), walk.page.inner_text("main")
+                walk.sign_out()
+                assert walk.page.url.startswith(walk.portal.url("/login"))
+                assert "You are signed out." in walk.flash()
+
+                # A member signs in with Microsoft (consent explanation, the emulator's pages), then signs out.
+                walk.sso_sign_in(MEMBER).at("Welcome", "home")
+                assert "Signed in with Microsoft." in walk.flash()
+                walk.click("Profile", role="link").at("Your profile", "profile")
+                assert MEMBER in walk.page.inner_text("main")
+                walk.sign_out()
+                assert "You are signed out." in walk.flash()
+                walk.goto("/profile/").at("Sign in", "login")
+            except Exception as e:
+                raise AssertionError(f"{e}\nat {walk.page.url}\n{logs()}") from e
+        finally:
+            browser.close()
+
+    # No server error anywhere on the way.
+    access = d["procs"].log("gunicorn")
+    assert " 500 " not in access and "Traceback" not in access, logs()
+
+
+# -- the portal's outbound calls on real sockets (the emulator over HTTPS, no browser needed) ------------------
+
+CLIENT_ID, CLIENT_SECRET = "8c1f5a2e-3b4d-4e6f-9a7b-1c2d3e4f5a6b", "Xq8Q~staging-secret-for-the-emulator-only"
+
+
+@pytest.fixture
+def emulator_server(tmp_path):
+    """`python -m emulator` on a free port with a certificate from the test's CA; yields (url, pki)."""
+    pki = make_pki(tmp_path)
+    port, procs = free_port(), Processes(tmp_path)
+    procs.start("emulator", [sys.executable, "-m", "emulator", "--port", str(port), "--cert", pki["emulator"],
+                             "--key", pki["emulator_key"], "--instance", str(tmp_path / "emulator"),
+                             "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET,
+                             "--redirect-uri", f"https://{PORTAL}/auth/callback"],
+                cwd=ROOT, env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
+    try:
+        procs.wait_for_port("emulator", port)
+        yield f"https://127.0.0.1:{port}", pki
+    finally:
+        procs.stop()
+
+
+def _entra(tmp_path, url: str, **config):
+    from app import create_app
+
+    app = create_app({"SERVER_NAME": PORTAL, "SECRET_KEY": "s" * 48, "ENCRYPTION_KEYS": [vault.generate_key()],
+                      "ENTRA_CLIENT_ID": CLIENT_ID, "ENTRA_CLIENT_SECRET": CLIENT_SECRET,
+                      "ENTRA_AUTHORITY": url + "/organizations", "GRAPH_ENDPOINT": url + "/graph/v1.0", **config},
+                     instance_path=str(tmp_path / f"instance-{uuid.uuid4().hex[:8]}"))
+    return app, app.extensions["entra"]
+
+
+def test_outbound_calls_trust_exactly_the_ca_bundle(emulator_server, tmp_path):
+    from entra import EntraError
+
+    url, pki = emulator_server
+    app, client = _entra(tmp_path, url, ENTRA_CA_BUNDLE=pki["ca"])
+    with app.app_context():
+        # The discovery check passes on the emulator's own URLs, and MSAL asks nobody else about the authority.
+        assert client.discovery()["issuer"] == url + "/{tenantid}/v2.0"
+        flow, auth_uri = client.start_sign_in(login_hint=None, domain_hint=None)
+        assert auth_uri.startswith(url + "/organizations/oauth2/v2.0/authorize?")
+        assert client.admin_consent_url("organizations", "s").startswith(url + "/organizations/v2.0/adminconsent?")
+
+    other = tmp_path / "other"
+    other.mkdir()
+    for label, bundle in (("the system's CAs", None), ("another CA", make_pki(other)["ca"])):
+        app, client = _entra(tmp_path, url, ENTRA_CA_BUNDLE=bundle)
+        with app.app_context(), pytest.raises(EntraError) as refused:
+            client.discovery()
+        assert (refused.value.reason, refused.value.status) == ("upstream_unreachable", 502), label
+
+
+def test_a_silent_authority_times_out_after_entra_timeout(tmp_path):
+    from entra import EntraError
+
+    pki = make_pki(tmp_path)
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        app, client = _entra(tmp_path, f"https://127.0.0.1:{silent.getsockname()[1]}",
+                             ENTRA_CA_BUNDLE=pki["ca"], ENTRA_TIMEOUT=0.5)
+        started = time.monotonic()
+        with app.app_context(), pytest.raises(EntraError) as refused:
+            client.discovery()
+        assert (refused.value.reason, refused.value.status) == ("upstream_timeout", 504)
+        assert time.monotonic() - started < 5
+
+
+def test_a_missing_ca_bundle_stops_start_up(tmp_path):
+    from app import ConfigError
+
+    with pytest.raises(ConfigError, match="ENTRA_CA_BUNDLE is not a file"):
+        _entra(tmp_path, "https://127.0.0.1:9", ENTRA_CA_BUNDLE=str(tmp_path / "nowhere.pem"))
