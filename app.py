@@ -204,7 +204,9 @@ def _wire_csrf(app: Flask) -> None:
         origin = request.headers.get("Origin")
         if (origin is not None and request.method in app.config["WTF_CSRF_METHODS"]
                 and app.config["WTF_CSRF_ENABLED"] and not same_origin(origin, request.host_url)):
-            raise CSRFError("The origin header does not match the host.")
+            # Logged: "https" against "http" here usually means a TLS proxy the portal is not told about.
+            raise CSRFError(f"The origin header {origin[:100]!r} does not match {request.host_url[:-1]!r} "
+                            "(behind a TLS proxy: PROXY_FIX_X_PROTO).")
 
 
 def _wire_proxy_fix(app: Flask) -> None:

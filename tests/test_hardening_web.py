@@ -222,3 +222,25 @@ def test_https_posts_need_a_same_origin_referer_and_origin(prod_app, headers):
     ok = client.post(https + "/login/password", data={"email": ADMIN, "password": PASSWORD, "csrf_token": token},
                      headers={"Referer": https + "/login", "Origin": https})
     assert ok.status_code == 303 and ok.headers["Location"] == "/"
+
+
+def test_behind_a_tls_proxy_forms_need_proxy_fix_x_proto(prod_app, caplog):
+    # nginx terminates TLS and talks plain HTTP to the portal: the browser's Origin is https.
+    https = "https://portal.example.com"
+    browser = {"Referer": https + "/login", "Origin": https, "X-Forwarded-Proto": "https"}
+    plain = {"wsgi.url_scheme": "http"}  # what reaches the portal from the proxy
+    client = prod_app.test_client()
+    data = {"email": ADMIN, "password": PASSWORD, "csrf_token": csrf(client, https + "/login")}
+    resp = client.post(https + "/login/password", data=data, headers=browser, environ_overrides=plain)
+    assert resp.status_code == 400 and "PROXY_FIX_X_PROTO" in caplog.text
+
+    keys = ("SECRET_KEY", "SERVER_NAME", "ENCRYPTION_KEYS", "ENTRA_CLIENT_ID", "ENTRA_CLIENT_SECRET",
+            "SQLALCHEMY_DATABASE_URI")
+    told = create_app({k: prod_app.config[k] for k in keys} | {"PROXY_FIX_X_PROTO": 1},
+                      instance_path=prod_app.instance_path)
+    client = told.test_client()
+    data["csrf_token"] = csrf(client, https + "/login")
+    resp = client.post(https + "/login/password", data=data, headers=browser, environ_overrides=plain)
+    assert resp.status_code == 303 and resp.headers["Location"] == "/"
+    with told.app_context():
+        db.engine.dispose()
