@@ -370,6 +370,8 @@ class Browser:
                 for cname, (cvalue, checked) in form["checkboxes"].items():
                     if (checks or {}).get(cname, checked):
                         data[cname] = cvalue
+                unknown = set(fields or {}) - set(form["fields"])
+                assert not unknown, f"a person can only fill fields the form has, not {sorted(unknown)}"
                 data.update(fields or {})
                 if name:
                     data[name] = value
