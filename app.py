@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from flask import Flask, render_template, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
-from flask_wtf.csrf import CSRFError, CSRFProtect
+from flask_wtf.csrf import CSRFError, CSRFProtect, same_origin
 from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -80,7 +80,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, instance_path: s
 
     accounts.init_app(app)
     _wire_rate_limits(app)  # before CSRFProtect, so requests with a bad token are counted too
-    CSRFProtect(app)
+    _wire_csrf(app)
     if app.config["DEMO_MODE"]:
         _wire_emulator(app)
 
@@ -197,6 +197,22 @@ def _wire_rate_limits(app: Flask) -> None:
                          exempt_when=lambda: auth.throttle_key() is None)(auth.bp)
 
 
+def _wire_csrf(app: Flask) -> None:
+    """The token on every POST; over HTTPS a same-origin Referer (Flask-WTF); an Origin, when sent, must be ours."""
+    CSRFProtect(app)
+
+    @app.before_request
+    def same_origin_post():
+        # Runs after Flask-WTF's check. Browsers send Origin with every form POST ("null" when they withhold it):
+        # a cross-site one, or "null", is refused even over plain HTTP, where Flask-WTF checks no Referer.
+        origin = request.headers.get("Origin")
+        if (origin is not None and request.method in app.config["WTF_CSRF_METHODS"]
+                and app.config["WTF_CSRF_ENABLED"] and not same_origin(origin, request.host_url)):
+            # Logged: "https" against "http" here usually means a TLS proxy the portal is not told about.
+            raise CSRFError(f"The origin header {origin[:100]!r} does not match {request.host_url[:-1]!r} "
+                            "(behind a TLS proxy: PROXY_FIX_X_PROTO).")
+
+
 def _wire_proxy_fix(app: Flask) -> None:
     """Trust X-Forwarded-For/-Proto from the configured number of proxies; never X-Forwarded-Host."""
     x_for, x_proto = int(app.config["PROXY_FIX_X_FOR"]), int(app.config["PROXY_FIX_X_PROTO"])
@@ -212,6 +228,8 @@ def _register_security_headers(app: Flask) -> None:
     csp = ("default-src 'self'; object-src 'none'; base-uri 'none'; "
            f"frame-ancestors 'none'; form-action 'self'{microsoft}")
     hsts = not (app.debug or app.config["DEMO_MODE"]) and app.config["PREFERRED_URL_SCHEME"] == "https"
+    # same-origin: our own form posts carry the Referer that Flask-WTF's HTTPS check needs (no-referrer made every
+    # HTTPS POST fail); Microsoft and every other site still get no Referer at all.
     defaults = [("Content-Security-Policy", csp), ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
                 ("Referrer-Policy", "same-origin"), ("Cross-Origin-Opener-Policy", "same-origin")]
     if hsts:

@@ -70,7 +70,7 @@ def _security_headers(response: Response) -> Response:
                                 "frame-ancestors 'none'; form-action *")
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("X-Frame-Options", "DENY")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -1,4 +1,5 @@
-"""Fixtures: a demo-mode portal per test (own instance folder, database and emulator state).
+"""Fixtures: a demo-mode portal per test (own instance folder, database and emulator state), and the production
+lane's portal, emulator and Chromium-like browser (prod_app, prod_emulator, prod_browser).
 
 With TEST_DATABASE_URL set (a PostgreSQL URL; .ci/run sets it) each test gets a fresh schema there
 instead of a SQLite file.
@@ -12,8 +13,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
+import entra
 import vault
 from app import create_app
+from browsing import PortalBrowser
+from emulator import Emulator
 from helpers import PASSWORD, TEST_KEY
 from models import db
 
@@ -84,3 +88,50 @@ def northwind(app):
 @pytest.fixture
 def vault_key():
     return vault.generate_key()
+
+
+# -- the production lane: the configuration users deploy, driven by a browser that behaves like one ------------
+
+PORTAL_HOST = "portal.example.com"
+PRODUCTION = {"SECRET_KEY": "p" * 48, "SERVER_NAME": PORTAL_HOST, "ENCRYPTION_KEYS": [TEST_KEY],
+              "ENTRA_CLIENT_ID": "3c9a7f2e-5b1d-4e8a-9f60-2d4b8c1e7a35",
+              "ENTRA_CLIENT_SECRET": "Qx8Q~vR2.kT9yLm_3pN7wZ4bC6dF1gH5jK0sA"}
+
+
+@pytest.fixture
+def prod_app(tmp_path, database_uri):
+    """The portal as deployed: DEMO_MODE off, https SERVER_NAME, real-looking Entra settings, schema by init-db."""
+    config = dict(PRODUCTION, **({"SQLALCHEMY_DATABASE_URI": database_uri} if database_uri else {}))
+    instance = str(tmp_path / "prod-instance")
+    setup = create_app(config, instance_path=instance)
+    for args, stdin in ((["init-db"], None),
+                        (["create-org", "Northwind Traders", "--domain", "northwind.example"], None),
+                        (["create-admin", "admin@northwind.example", "--org", "Northwind Traders", "--password-stdin"],
+                         PASSWORD + "\n")):
+        result = setup.test_cli_runner().invoke(args=args, input=stdin)
+        assert result.exit_code == 0, result.output
+    with setup.app_context():
+        db.engine.dispose()
+    app = create_app(config, instance_path=instance)  # started after the schema exists, as the README says
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def prod_emulator(prod_app, tmp_path):
+    """Microsoft's hosts answered by the emulator, without demo mode: on the portal's one outbound session."""
+    base = "https://" + PORTAL_HOST
+    emu = Emulator(str(tmp_path / "entra"), browser_url="https://login.microsoftonline.com", clients={
+        PRODUCTION["ENTRA_CLIENT_ID"]: {
+            "secret": PRODUCTION["ENTRA_CLIENT_SECRET"], "name": "Customer Portal",
+            "redirect_uris": [base + entra.CALLBACK_PATH, base + entra.ADMIN_CONSENT_CALLBACK_PATH]}})
+    emu.mount(entra.get_http(prod_app))
+    return emu
+
+
+@pytest.fixture
+def prod_browser(prod_app, prod_emulator):
+    """A Chromium-like browser that reaches the portal and Microsoft's sign-in host by name."""
+    return PortalBrowser({PORTAL_HOST: prod_app, "login.microsoftonline.com": prod_emulator.wsgi},
+                         "https://" + PORTAL_HOST)

@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 
 from app import create_app
-from helpers import (activate_sso, csrf, password_sign_in, sign_out, sso_sign_in, start_sso, submit,
+from helpers import (PASSWORD, activate_sso, csrf, password_sign_in, sign_out, sso_sign_in, start_sso, submit,
                      through_microsoft)
 from models import AuditEvent, db
 from test_app import REAL
@@ -185,3 +185,62 @@ def test_no_get_changes_state(app, client, northwind):
         client.get(path.replace("<", "").replace(">", ""))
     assert dump_database(app) == before
     assert client.get("/profile/").status_code == 200
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", "http://portal.test.evil.example", "null",
+                                    "https://portal.test", "http://portal.test:8080"])
+def test_a_post_from_another_origin_is_refused_even_with_a_token(app, client, northwind, origin):
+    # Plain HTTP (demo mode): Flask-WTF checks no Referer here, the Origin check still holds.
+    before = dump_database(app)
+    resp = client.post("/login/password", data={"email": ADMIN, "password": PASSWORD, "csrf_token": csrf(client)},
+                       headers={"Origin": origin})
+    assert resp.status_code == 400 and b"Form expired" in resp.data
+    assert dump_database(app) == before
+    assert client.get("/profile/").status_code == 302  # not signed in
+
+
+def test_a_post_with_this_origin_is_accepted(client, northwind):
+    resp = client.post("/login/password", data={"email": ADMIN, "password": PASSWORD, "csrf_token": csrf(client)},
+                       headers={"Origin": "http://portal.test"})
+    assert resp.status_code == 303 and client.get("/profile/").status_code == 200
+
+
+@pytest.mark.parametrize("headers", [
+    {},  # no Referer: what every browser sent under the old Referrer-Policy: no-referrer
+    {"Referer": "https://evil.example/login"},
+    {"Referer": "http://portal.example.com/login"},  # a downgraded page
+    {"Referer": "https://portal.example.com/login", "Origin": "null"},
+    {"Referer": "https://portal.example.com/login", "Origin": "https://evil.example"},
+])
+def test_https_posts_need_a_same_origin_referer_and_origin(prod_app, headers):
+    client = prod_app.test_client()
+    https = "https://portal.example.com"
+    token = csrf(client, https + "/login")
+    resp = client.post(https + "/login/password", data={"email": ADMIN, "password": PASSWORD, "csrf_token": token},
+                       headers=headers)
+    assert resp.status_code == 400 and b"Form expired" in resp.data
+    ok = client.post(https + "/login/password", data={"email": ADMIN, "password": PASSWORD, "csrf_token": token},
+                     headers={"Referer": https + "/login", "Origin": https})
+    assert ok.status_code == 303 and ok.headers["Location"] == "/"
+
+
+def test_behind_a_tls_proxy_forms_need_proxy_fix_x_proto(prod_app, caplog):
+    # nginx terminates TLS and talks plain HTTP to the portal: the browser's Origin is https.
+    https = "https://portal.example.com"
+    browser = {"Referer": https + "/login", "Origin": https, "X-Forwarded-Proto": "https"}
+    plain = {"wsgi.url_scheme": "http"}  # what reaches the portal from the proxy
+    client = prod_app.test_client()
+    data = {"email": ADMIN, "password": PASSWORD, "csrf_token": csrf(client, https + "/login")}
+    resp = client.post(https + "/login/password", data=data, headers=browser, environ_overrides=plain)
+    assert resp.status_code == 400 and "PROXY_FIX_X_PROTO" in caplog.text
+
+    keys = ("SECRET_KEY", "SERVER_NAME", "ENCRYPTION_KEYS", "ENTRA_CLIENT_ID", "ENTRA_CLIENT_SECRET",
+            "SQLALCHEMY_DATABASE_URI")
+    told = create_app({k: prod_app.config[k] for k in keys} | {"PROXY_FIX_X_PROTO": 1},
+                      instance_path=prod_app.instance_path)
+    client = told.test_client()
+    data["csrf_token"] = csrf(client, https + "/login")
+    resp = client.post(https + "/login/password", data=data, headers=browser, environ_overrides=plain)
+    assert resp.status_code == 303 and resp.headers["Location"] == "/"
+    with told.app_context():
+        db.engine.dispose()

@@ -1,0 +1,191 @@
+"""The walkthroughs under the production configuration, in a browser that sends what Chromium sends.
+
+DEMO_MODE off, https://portal.example.com, the Secure __Host- cookie, HSTS, real-looking Entra settings, and
+Microsoft's hosts answered by the emulator on the portal's one outbound session (not demo mode's wiring). Every
+form is the page's own (action, CSRF token), and every Referer, Origin and cookie is the one the browser would
+send under the Referrer-Policy and cookie flags the portal and Microsoft's pages actually set.
+"""
+from __future__ import annotations
+
+import json
+
+from helpers import NORTHWIND_TID, PASSWORD
+
+ADMIN = "admin@northwind.example"
+MEMBER = "lena.fischer@northwind.example"
+SECOND_MEMBER = "omar.haddad@northwind.example"
+PORTAL = "https://portal.example.com"
+MICROSOFT = "https://login.microsoftonline.com"
+
+
+def _activate(browser) -> None:
+    """The local admin signs in and activates SSO; the browser ends signed out of the portal."""
+    browser.sign_in_locally(ADMIN, PASSWORD)
+    browser.open("/settings/security")
+    assert "Before you continue to Microsoft" in browser.submit("Activate SSO")
+    browser.submit("Continue to Microsoft")
+    assert browser.page.url.startswith(MICROSOFT + "/"), browser.page.url
+    page = browser.at_microsoft(ADMIN)
+    assert page.url == PORTAL + "/settings/security" and page.status == 200, page.text[:2000]
+    assert "Single sign-on is active. Members now sign in with Microsoft." in browser.flash()
+    assert "Status: <strong class=\"status-on\">Active" in page and NORTHWIND_TID in page
+    browser.sign_out()
+
+
+def _posts(browser, path: str):
+    return [s for s in browser.sent if s.method == "POST" and s.url == PORTAL + path]
+
+
+def test_local_sign_in_over_https_with_the_portals_own_headers(prod_browser):
+    login = prod_browser.open("/login")
+    assert login.status == 200 and login.headers["Referrer-Policy"] == "same-origin"
+    assert login.headers["Strict-Transport-Security"].startswith("max-age=31536000")
+    assert f"form-action 'self' {MICROSOFT}" in login.headers["Content-Security-Policy"]
+    cookie = prod_browser.cookie("__Host-portal_session")
+    assert cookie and cookie.secure and cookie.host_only and cookie.path == "/" and cookie.same_site == "lax"
+
+    home = prod_browser.sign_in_locally(ADMIN, PASSWORD)
+    assert home.url == PORTAL + "/" and home.status == 200 and "Welcome" in home, home.text[:2000]
+    (post,) = _posts(prod_browser, "/login/password")
+    # What Chromium sends for a same-origin form under Referrer-Policy: same-origin.
+    assert post.headers["Referer"] == PORTAL + "/login" and post.headers["Origin"] == PORTAL
+    assert prod_browser.click("Profile").status == 200
+
+    out = prod_browser.sign_out()
+    assert out.url == PORTAL + "/login" and "You are signed out." in prod_browser.flash()
+    again = prod_browser.open("/profile/")
+    assert again.url.startswith(PORTAL + "/login") and "Please sign in to see that page." in prod_browser.flash()
+
+
+def test_http_is_upgraded_after_hsts(prod_browser):
+    prod_browser.open("/login")
+    page = prod_browser.goto("http://portal.example.com/login")
+    assert page.url == PORTAL + "/login" and prod_browser.sent[-1].url == PORTAL + "/login"
+
+
+def test_admin_activates_sso_then_a_member_signs_in(prod_browser):
+    _activate(prod_browser)
+    # Microsoft's redirect to the callback: a cross-site top-level GET, so the Lax cookie goes with it.
+    callback = [s for s in prod_browser.sent if s.url.startswith(PORTAL + "/auth/callback")][-1]
+    assert callback.status == 303 and "Referer" not in callback.headers
+    assert "__Host-portal_session=" in callback.headers["Cookie"]
+
+    prod_browser.open("/login")
+    explanation = prod_browser.submit("Continue", fields={"email": MEMBER})
+    assert "Before you continue to Microsoft" in explanation and "User.Read" in explanation
+    assert "Pick an account" in prod_browser.submit("Continue to Microsoft")
+    assert "Permissions requested" in prod_browser.submit("Sign in", radio={"username": MEMBER})
+    home = prod_browser.submit("Accept")
+    assert home.url == PORTAL + "/" and "Signed in with Microsoft." in prod_browser.flash(), home.text[:2000]
+    profile = prod_browser.click("Profile")
+    assert "Lena Fischer" in profile and "Sales Manager" in profile and NORTHWIND_TID in profile
+    assert "An encrypted copy is stored." in profile
+
+
+def test_admin_grants_admin_consent_and_a_new_member_is_not_asked(prod_browser):
+    _activate(prod_browser)
+    prod_browser.sso_sign_in(ADMIN)
+    security = prod_browser.open("/settings/security")
+    assert "Status: <strong class=\"status-off\">Not confirmed" in security
+    prod_browser.submit("Grant admin consent for your organization")
+    assert prod_browser.page.url.startswith(MICROSOFT + f"/{NORTHWIND_TID}/v2.0/adminconsent")
+    page = prod_browser.at_microsoft(ADMIN)
+    assert page.url == PORTAL + "/settings/security", page.text[:2000]
+    assert "Admin consent is granted" in prod_browser.flash() and "Status: <strong class=\"status-on\">Granted" in page
+    prod_browser.sign_out()
+
+    prod_browser.open("/login")
+    went = prod_browser.submit("Continue", fields={"email": SECOND_MEMBER})
+    assert went.url.startswith(MICROSOFT + "/"), "no consent explanation once admin consent is recorded"
+    home = prod_browser.at_microsoft(SECOND_MEMBER)
+    assert home.url == PORTAL + "/" and "Signed in with Microsoft." in prod_browser.flash()
+    assert "Omar Haddad" in prod_browser.click("Profile")
+
+
+def test_require_sso_refuses_passwords_but_not_break_glass(prod_app, prod_browser):
+    result = prod_app.test_cli_runner().invoke(
+        args=["create-admin", "rescue@northwind.example", "--org", "Northwind Traders", "--password-stdin",
+              "--break-glass"], input=PASSWORD + "\n")
+    assert result.exit_code == 0, result.output
+    _activate(prod_browser)
+    prod_browser.sign_in_locally(ADMIN, PASSWORD, password_link=True)
+    prod_browser.open("/settings/security")
+    saved = prod_browser.submit("Save single sign-on requirement", checks={"require_sso": True})
+    assert saved.url == PORTAL + "/settings/security" and "Single sign-on is now required" in prod_browser.flash()
+    prod_browser.sign_out()
+
+    refused = prod_browser.sign_in_locally(ADMIN, PASSWORD, password_link=True)
+    assert refused.status == 403 and "requires single sign-on" in refused
+    rescued = prod_browser.sign_in_locally("rescue@northwind.example", PASSWORD, password_link=True)
+    assert rescued.url == PORTAL + "/" and "Welcome" in rescued
+
+
+def test_sso_sign_out_goes_through_microsoft_and_back(prod_browser):
+    _activate(prod_browser)
+    assert prod_browser.sso_sign_in(MEMBER).url == PORTAL + "/"
+    assert "Sales Manager" in prod_browser.click("Profile")
+    out = prod_browser.sign_out()
+    assert [s.url.split("?")[0] for s in prod_browser.sent[-3:]] == [
+        PORTAL + "/logout", MICROSOFT + "/organizations/oauth2/v2.0/logout", PORTAL + "/login"]
+    assert out.url == PORTAL + "/login" and "You are signed out." in prod_browser.flash()
+    again = prod_browser.open("/profile/")
+    assert again.url.startswith(PORTAL + "/login") and "Sales Manager" not in again
+
+
+def test_admin_turns_stored_profiles_off_and_on(prod_browser):
+    _activate(prod_browser)
+    prod_browser.sso_sign_in(MEMBER)
+    prod_browser.sign_out()
+    prod_browser.sign_in_locally(ADMIN, PASSWORD, password_link=True)
+    prod_browser.open("/settings/security")
+    off = prod_browser.submit("Save", checks={"store_profiles": False})
+    assert off.url == PORTAL + "/settings/security"
+    # The admin's copy from activating SSO, and Lena's.
+    assert "Profile copies are no longer kept after sign-out; 2 stored copies were deleted." in prod_browser.flash()
+    prod_browser.submit("Delete all stored copies")
+    prod_browser.submit("Delete all stored copies")
+    assert "0 stored profile copies were deleted." in prod_browser.flash()
+    prod_browser.submit("Save", checks={"store_profiles": True})
+    assert "Profile copies are stored, encrypted." in prod_browser.flash()
+    prod_browser.sign_out()
+
+    prod_browser.sso_sign_in(MEMBER)
+    assert "An encrypted copy is stored." in prod_browser.click("Profile")
+
+
+def test_member_downloads_then_deletes_their_stored_copy(prod_browser):
+    _activate(prod_browser)
+    prod_browser.sso_sign_in(MEMBER)
+    profile = prod_browser.click("Profile")
+    prod_browser.submit("Download my data")
+    download = prod_browser.download
+    assert download.status == 200 and 'filename="my-portal-data.json"' in download.headers["Content-Disposition"]
+    assert "Sales Manager" in json.dumps(json.loads(download.body))
+    assert prod_browser.page is profile  # a download leaves the page where it is
+
+    assert "Delete your stored copy?" in prod_browser.submit("Delete my stored copy")
+    deleted = prod_browser.submit("Delete my stored copy")
+    assert deleted.url == PORTAL + "/profile/" and "Your stored copy is deleted." in prod_browser.flash()
+    assert "Sales Manager" not in deleted and "No Microsoft profile is stored for you" in deleted
+
+
+def _evil_site(environ, start_response):
+    """Another site with a form aimed at the portal's sign-out."""
+    body = (b'<!doctype html><form method="post" action="https://portal.example.com/logout">'
+            b'<input type="hidden" name="csrf_token" value="forged"><button type="submit">Win a prize</button></form>')
+    start_response("200 OK", [("Content-Type", "text/html")])
+    return [body]
+
+
+def test_a_form_on_another_site_cannot_sign_the_user_out(prod_app, prod_emulator):
+    from browsing import PortalBrowser
+
+    browser = PortalBrowser({"portal.example.com": prod_app, "login.microsoftonline.com": prod_emulator.wsgi,
+                             "evil.example": _evil_site}, PORTAL)
+    browser.sign_in_locally(ADMIN, PASSWORD)
+    browser.goto("https://evil.example/")
+    refused = browser.submit("Win a prize")
+    sent = browser.sent[-1]
+    assert sent.headers["Origin"] == "https://evil.example" and "Cookie" not in sent.headers  # SameSite=Lax
+    assert refused.status == 400 and "Form expired" in refused
+    assert browser.open("/profile/").status == 200  # still signed in
