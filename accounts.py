@@ -351,7 +351,7 @@ def _known_email(user: User) -> str:
 
 
 def delete_organization(org: Organization) -> dict[str, int]:
-    """Delete an organisation with its domains, users and everything stored about them; return counts.
+    """Delete an organisation with its domains, users and everything stored about them; return counts by kind.
 
     The deletion is recorded in the portal-wide audit log (no organisation), as the organisation's own log goes.
     SQLite does not enforce foreign keys here, so every dependent row is deleted explicitly.
@@ -361,12 +361,12 @@ def delete_organization(org: Organization) -> dict[str, int]:
     keys = {account_key(e) for e in (_known_email(u) for u in users) if e}
     sync = {"synchronize_session": False}
     counts = {
-        "users": len(users),
-        "profile copies": db.session.execute(db.delete(StoredProfile).where(StoredProfile.user_id.in_(user_ids)),
+        "user": len(users),
+        "profile copy": db.session.execute(db.delete(StoredProfile).where(StoredProfile.user_id.in_(user_ids)),
                                              execution_options=sync).rowcount or 0,
-        "sessions": db.session.execute(db.delete(LoginSession).where(LoginSession.user_id.in_(user_ids)),
+        "session": db.session.execute(db.delete(LoginSession).where(LoginSession.user_id.in_(user_ids)),
                                        execution_options=sync).rowcount or 0,
-        "audit events": db.session.execute(db.delete(AuditEvent).where(
+        "audit event": db.session.execute(db.delete(AuditEvent).where(
             (AuditEvent.organization_id == org.id) | AuditEvent.actor_id.in_(user_ids)), execution_options=sync
         ).rowcount or 0,
     }
@@ -374,11 +374,11 @@ def delete_organization(org: Organization) -> dict[str, int]:
     for key in keys:  # the sign-in throttles count these accounts under their keyed hash
         hits += db.session.execute(db.delete(SignInHit).where(SignInHit.key.contains(key, autoescape=True)),
                                    execution_options=sync).rowcount or 0
-    counts["throttle counts"] = hits
+    counts["throttle count"] = hits
     db.session.execute(db.update(Organization).where(Organization.id == org.id)
                        .values(sso_activated_by_id=None, admin_consent_by_id=None), execution_options=sync)
     db.session.execute(db.delete(User).where(User.organization_id == org.id), execution_options=sync)
-    counts["domains"] = db.session.execute(db.delete(Domain).where(Domain.organization_id == org.id),
+    counts["domain"] = db.session.execute(db.delete(Domain).where(Domain.organization_id == org.id),
                                            execution_options=sync).rowcount or 0
     org_id = org.id
     db.session.execute(db.delete(Organization).where(Organization.id == org_id), execution_options=sync)

@@ -128,7 +128,8 @@ def delete_org(name: str, yes: bool) -> None:
                                    "everything stored about them, for good: run again with --yes to confirm.")
     org_name = org.name
     counts = accounts.delete_organization(org)
-    click.echo(f"Deleted organisation {org_name}: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".")
+    done = ", ".join(f"{n} {kind if n == 1 else kind.replace('copy', 'copie') + 's'}" for kind, n in counts.items())
+    click.echo(f"Deleted organisation {org_name}: {done}.")
 
 
 def _read_password(password_stdin: bool) -> str:
