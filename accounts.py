@@ -41,6 +41,7 @@ ADMIN_CONSENT_CALLBACK_PATH = entra.ADMIN_CONSENT_CALLBACK_PATH
 
 MAX_EMAIL = 254
 MIN_PASSWORD = 12
+MAX_PASSWORD = 1024  # what the sign-in form accepts
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}$")
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 # Verifies the password of an unknown user, so both cases take the same time.
@@ -396,6 +397,8 @@ def check_password(password: str, email: str) -> None:
     that is common or breached (zxcvbn's list of 30,000 from breaches, and its patterns on top of such words)."""
     if len(password or "") < MIN_PASSWORD:
         raise InvalidInput(f"A password needs at least {MIN_PASSWORD} characters.")
+    if len(password) > MAX_PASSWORD:
+        raise InvalidInput(f"A password has at most {MAX_PASSWORD} characters (the sign-in form takes no more).")
     if len(set(password)) == 1:
         raise InvalidInput("That password is one character repeated: choose one that is harder to guess.")
     folded, local = password.casefold(), email.partition("@")[0]

@@ -236,6 +236,7 @@ def test_set_password_refusals_change_nothing(app, client, runner, active):  # n
 
 @pytest.mark.parametrize(("password", "why"), [
     ("aaaaaaaaaaaaaaaaaaaaaaaaa", "one character repeated"),
+    ("sY8#" * 257, "at most 1024 characters"),
     ("password123456", "too easy to guess. This is similar to a commonly used password."),
     ("qwertyuiop123", "too easy to guess. This is a very common password."),
     ("iloveyou2024!", "too easy to guess"),
