@@ -186,8 +186,9 @@ def get_organization(name: str) -> Organization:
 
 def organizations() -> list[tuple[Organization, int]]:
     """Every organisation with its number of users, by name."""
-    counts = dict(db.session.execute(db.select(User.organization_id, db.func.count()).group_by(User.organization_id)).all())
-    orgs = db.session.execute(db.select(Organization).order_by(Organization.name)).scalars().all()
+    counts = dict(db.session.execute(db.select(User.organization_id, db.func.count())
+                                     .group_by(User.organization_id)).all())
+    orgs = db.session.execute(db.select(Organization)).scalars().all()
     return [(org, counts.get(org.id, 0)) for org in sorted(orgs, key=lambda o: o.name.casefold())]
 
 
@@ -364,9 +365,9 @@ def delete_organization(org: Organization) -> dict[str, int]:
     counts = {
         "user": len(users),
         "profile copy": db.session.execute(db.delete(StoredProfile).where(StoredProfile.user_id.in_(user_ids)),
-                                             execution_options=sync).rowcount or 0,
+                                           execution_options=sync).rowcount or 0,
         "session": db.session.execute(db.delete(LoginSession).where(LoginSession.user_id.in_(user_ids)),
-                                       execution_options=sync).rowcount or 0,
+                                      execution_options=sync).rowcount or 0,
         "audit event": db.session.execute(db.delete(AuditEvent).where(
             (AuditEvent.organization_id == org.id) | AuditEvent.actor_id.in_(user_ids)), execution_options=sync
         ).rowcount or 0,
@@ -380,7 +381,7 @@ def delete_organization(org: Organization) -> dict[str, int]:
                        .values(sso_activated_by_id=None, admin_consent_by_id=None), execution_options=sync)
     db.session.execute(db.delete(User).where(User.organization_id == org.id), execution_options=sync)
     counts["domain"] = db.session.execute(db.delete(Domain).where(Domain.organization_id == org.id),
-                                           execution_options=sync).rowcount or 0
+                                          execution_options=sync).rowcount or 0
     org_id = org.id
     db.session.execute(db.delete(Organization).where(Organization.id == org_id), execution_options=sync)
     record("org_deleted", "success", actor=OPERATOR,

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 import accounts
-from helpers import (NORTHWIND_TID, PASSWORD, database_bytes, password_sign_in, sign_out, sso_sign_in)
+from helpers import NORTHWIND_TID, PASSWORD, database_bytes, password_sign_in, sso_sign_in
 from models import AuditEvent, Domain, LoginSession, Organization, SignInHit, StoredProfile, User, db
 from test_sso import active  # noqa: F401  (the fixture: Northwind with SSO active, browser signed out)
 
@@ -192,7 +192,8 @@ def test_delete_org_removes_its_users_and_everything_about_them(app, client, run
         assert {u.organization_id for u in db.session.execute(db.select(User)).scalars()} == {
             accounts.get_organization("Fabrikam Research").id}
         deleted = db.session.execute(db.select(AuditEvent).where(AuditEvent.action == "org_deleted")).scalar_one()
-        assert deleted.organization_id is None and deleted.by_operator and "user=2 profile_copy=2 session=2" in deleted.detail
+        assert deleted.organization_id is None and deleted.by_operator
+        assert "user=2 profile_copy=2 session=2" in deleted.detail
     assert client.get("/profile/").status_code == 302  # Lena's session ended with her account
     assert _audit(runner, "Fabrikam Research")  # the other organisation keeps its log
     _refused(runner.invoke(args=["audit", "--org", NORTHWIND]), "No organisation")
