@@ -271,7 +271,7 @@ def _free_domains(raw: Iterable[str]) -> list[str]:
     names = sorted({normalise_domain(d) for d in raw})
     taken = db.session.execute(db.select(Domain.name).where(Domain.name.in_(names))).scalars().all()
     if taken:
-        raise InvalidInput(f"Domain {taken[0]} belongs to an organisation already.")
+        raise InvalidInput(f"Domain {taken[0]} belongs to another organisation already.")
     return names
 
 
@@ -315,7 +315,7 @@ def add_domain(org: Organization, raw_domain: str, actor: Actor) -> str:
     _free_domains([domain])
     db.session.add(Domain(name=domain, organization=org))
     record("domain_added", "success", org=org, actor=actor, detail=domain)
-    _commit_or_conflict(f"Domain {domain} belongs to an organisation already.")
+    _commit_or_conflict(f"Domain {domain} belongs to another organisation already.")
     return domain
 
 

@@ -115,7 +115,8 @@ def test_add_domain_lets_its_emails_in(app, client, runner, northwind):
 def test_add_domain_refusals_write_nothing(app, runner, northwind):
     runner.invoke(args=["create-org", "Fabrikam Research", "--domain", "fabrikam.example"])
     before = _snapshot(app)
-    _refused(runner.invoke(args=["add-domain", "FABRIKAM.example", "--org", NORTHWIND]), "belongs to an organisation")
+    _refused(runner.invoke(args=["add-domain", "FABRIKAM.example", "--org", NORTHWIND]),
+             "belongs to another organisation")
     _refused(runner.invoke(args=["add-domain", "northwind.example", "--org", NORTHWIND]), "already")
     _refused(runner.invoke(args=["add-domain", "not a domain", "--org", NORTHWIND]), "not a valid domain")
     _refused(runner.invoke(args=["add-domain", "nodot", "--org", NORTHWIND]), "at least one dot")
