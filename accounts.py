@@ -25,11 +25,13 @@ from sqlalchemy import bindparam, event, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from werkzeug.security import check_password_hash, generate_password_hash
+from zxcvbn import zxcvbn
 
 import entra
 import throttles
 import vault
-from models import AuditEvent, Domain, LoginSession, Organization, StoredProfile, User, VaultCheck, db, utcnow
+from models import (AuditEvent, Domain, LoginSession, Organization, SignInHit, StoredProfile, User, VaultCheck, db,
+                    utcnow)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,8 @@ CALLBACK_PATH = entra.CALLBACK_PATH
 ADMIN_CONSENT_CALLBACK_PATH = entra.ADMIN_CONSENT_CALLBACK_PATH
 
 MAX_EMAIL = 254
+MIN_PASSWORD = 12
+MAX_PASSWORD = 1024  # what the sign-in form accepts
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}$")
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migrations")
 # Verifies the password of an unknown user, so both cases take the same time.
@@ -159,11 +163,33 @@ def organization_for_domain(domain: str) -> Organization | None:
     ).scalar_one_or_none()
 
 
+def _named(name: str, *, other_than: Organization | None = None) -> Organization | None:
+    """The organisation whose name equals `name` without regard to case (Python's case folding, not SQL's)."""
+    wanted = name.strip().casefold()
+    query = db.select(Organization.id, Organization.name)
+    if other_than is not None:
+        query = query.where(Organization.id != other_than.id)
+    for org_id, org_name in db.session.execute(query):
+        if org_name.casefold() == wanted:
+            return db.session.get(Organization, org_id)
+    return None
+
+
 def get_organization(name: str) -> Organization:
-    org = db.session.execute(db.select(Organization).where(Organization.name == name)).scalar_one_or_none()
+    """The organisation called `name`, without regard to case."""
+    org = db.session.execute(db.select(Organization).where(Organization.name == (name or "").strip())
+                             ).scalar_one_or_none() or _named(name or "")
     if org is None:
         raise InvalidInput(f"No organisation is called {name!r}.")
     return org
+
+
+def organizations() -> list[tuple[Organization, int]]:
+    """Every organisation with its number of users, by name."""
+    counts = dict(db.session.execute(db.select(User.organization_id, db.func.count())
+                                     .group_by(User.organization_id)).all())
+    orgs = db.session.execute(db.select(Organization)).scalars().all()
+    return [(org, counts.get(org.id, 0)) for org in sorted(orgs, key=lambda o: o.name.casefold())]
 
 
 @dataclass(frozen=True)
@@ -222,40 +248,212 @@ def users_by_email(email: str, org: Organization | None = None) -> list[User]:
     return list(db.session.execute(query.order_by(User.id)).scalars())
 
 
-def create_organization(name: str, domains: Iterable[str]) -> Organization:
-    """Create an organisation with its email domains."""
-    name = (name or "").strip()
-    if not name or len(name) > 100 or any(ord(c) < 32 for c in name):
+class Operator:
+    """The portal's operator acting through the CLI: named "operator (CLI)" in the audit log."""
+
+    def __str__(self) -> str:
+        return OPERATOR_NAME
+
+
+OPERATOR_NAME = "operator (CLI)"
+OPERATOR = Operator()
+Actor = User | Operator | None
+
+
+def _org_name(raw: str) -> str:
+    name = (raw or "").strip()
+    if not name or len(name) > 100 or any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in name):
         raise InvalidInput("An organisation name is 1 to 100 printable characters.")
-    names = sorted({normalise_domain(d) for d in domains})
-    if not names:
-        raise InvalidInput("Give the organisation at least one domain.")
-    if db.session.execute(db.select(Organization.id).where(Organization.name == name)).first():
-        raise InvalidInput(f"An organisation called {name!r} exists already.")
+    return name
+
+
+def _free_domains(raw: Iterable[str]) -> list[str]:
+    names = sorted({normalise_domain(d) for d in raw})
     taken = db.session.execute(db.select(Domain.name).where(Domain.name.in_(names))).scalars().all()
     if taken:
         raise InvalidInput(f"Domain {taken[0]} belongs to another organisation already.")
+    return names
+
+
+def create_organization(name: str, domains: Iterable[str], actor: Actor = None) -> Organization:
+    """Create an organisation with its email domains (audited when an actor is given)."""
+    name = _org_name(name)
+    if _named(name) is not None:
+        raise InvalidInput(f"An organisation called {_named(name).name!r} exists already (names ignore case).")
+    names = _free_domains(domains)
+    if not names:
+        raise InvalidInput("Give the organisation at least one domain.")
     org = Organization(name=name, domains=[Domain(name=d) for d in names])
     db.session.add(org)
+    if actor is not None:
+        db.session.flush()
+        record("org_created", "success", org=org, actor=actor, detail=" ".join(names))
     _commit_or_conflict("That organisation or one of its domains exists already.")
     return org
 
 
+def rename_organization(org: Organization, new_name: str, actor: Actor) -> str:
+    """Give an organisation a new name (unique without regard to case); return the old one."""
+    new_name = _org_name(new_name)
+    clash = _named(new_name, other_than=org)
+    if clash is not None:
+        raise InvalidInput(f"An organisation called {clash.name!r} exists already (names ignore case).")
+    old = org.name
+    if old == new_name:
+        raise InvalidInput(f"The organisation is called {old!r} already.")
+    org.name = new_name
+    record("org_renamed", "success", org=org, actor=actor, detail=f"{old} -> {new_name}")
+    _commit_or_conflict("An organisation with that name exists already.")
+    return old
+
+
+def add_domain(org: Organization, raw_domain: str, actor: Actor) -> str:
+    """Add an email domain to an organisation; it must belong to no organisation yet."""
+    domain = normalise_domain(raw_domain)
+    if domain in {d.name for d in org.domains}:
+        raise InvalidInput(f"{domain} is one of {org.name}'s domains already.")
+    _free_domains([domain])
+    db.session.add(Domain(name=domain, organization=org))
+    record("domain_added", "success", org=org, actor=actor, detail=domain)
+    _commit_or_conflict(f"Domain {domain} belongs to another organisation already.")
+    return domain
+
+
+def remove_domain(org: Organization, raw_domain: str, actor: Actor) -> tuple[str, int]:
+    """Remove an email domain from an organisation; return it and how many of its accounts have an email there.
+
+    The last domain is refused: with none, no email leads to the organisation and no admin can be added
+    (delete-org ends an organisation). Password accounts in a removed domain keep signing in with their
+    password; Microsoft sign-ins from it no longer reach the organisation.
+    """
+    try:
+        domain = normalise_domain(raw_domain)
+    except InvalidInput:
+        domain = (raw_domain or "").strip().lower()
+    row = next((d for d in org.domains if d.name == domain), None)
+    if row is None:
+        raise InvalidInput(f"{domain or repr(raw_domain)} is not one of {org.name}'s domains.")
+    if len(org.domains) == 1:
+        raise InvalidInput(f"{domain} is {org.name}'s only domain: an organisation needs one. Add another domain "
+                           "first, or delete the organisation.")
+    users = db.session.execute(db.select(User).where(User.organization_id == org.id)).scalars()
+    affected = sum(1 for u in users if _known_email(u).rpartition("@")[2] == domain)
+    db.session.delete(row)
+    record("domain_removed", "success", org=org, actor=actor, detail=f"{domain} accounts={affected}")
+    db.session.commit()
+    return domain, affected
+
+
+def _known_email(user: User) -> str:
+    """The user's email if the portal holds a readable one, else "" (for the operator's bookkeeping)."""
+    try:
+        return user_email(user)
+    except StoredDataUnreadable:
+        return ""
+
+
+def delete_organization(org: Organization) -> dict[str, int]:
+    """Delete an organisation with its domains, users and everything stored about them; return counts by kind.
+
+    The deletion is recorded in the portal-wide audit log (no organisation), as the organisation's own log goes.
+    SQLite does not enforce foreign keys here, so every dependent row is deleted explicitly.
+    """
+    user_ids = db.select(User.id).where(User.organization_id == org.id).scalar_subquery()
+    users = db.session.execute(db.select(User).where(User.organization_id == org.id)).scalars().all()
+    keys = {account_key(e) for e in (_known_email(u) for u in users) if e}
+    sync = {"synchronize_session": False}
+    counts = {
+        "user": len(users),
+        "profile copy": db.session.execute(db.delete(StoredProfile).where(StoredProfile.user_id.in_(user_ids)),
+                                           execution_options=sync).rowcount or 0,
+        "session": db.session.execute(db.delete(LoginSession).where(LoginSession.user_id.in_(user_ids)),
+                                      execution_options=sync).rowcount or 0,
+        "audit event": db.session.execute(db.delete(AuditEvent).where(
+            (AuditEvent.organization_id == org.id) | AuditEvent.actor_id.in_(user_ids)), execution_options=sync
+        ).rowcount or 0,
+    }
+    hits = 0
+    for key in keys:  # the sign-in throttles count these accounts under their keyed hash
+        hits += db.session.execute(db.delete(SignInHit).where(SignInHit.key.contains(key, autoescape=True)),
+                                   execution_options=sync).rowcount or 0
+    counts["throttle count"] = hits
+    db.session.execute(db.update(Organization).where(Organization.id == org.id)
+                       .values(sso_activated_by_id=None, admin_consent_by_id=None), execution_options=sync)
+    db.session.execute(db.delete(User).where(User.organization_id == org.id), execution_options=sync)
+    counts["domain"] = db.session.execute(db.delete(Domain).where(Domain.organization_id == org.id),
+                                          execution_options=sync).rowcount or 0
+    org_id = org.id
+    db.session.execute(db.delete(Organization).where(Organization.id == org_id), execution_options=sync)
+    record("org_deleted", "success", actor=OPERATOR,
+           detail=f"organisation {org_id} " + " ".join(f"{k.replace(' ', '_')}={v}" for k, v in counts.items()))
+    db.session.commit()
+    db.session.expire_all()
+    scrub_deleted()
+    log.info("Organisation %s deleted by the operator: %s", org_id, counts)
+    return counts
+
+
+def check_password(password: str, email: str) -> None:
+    """Refuse a password NIST SP 800-63B says to refuse: short, one repeated character, the email in it, or one
+    that is common or breached (zxcvbn's list of 30,000 from breaches, and its patterns on top of such words)."""
+    if len(password or "") < MIN_PASSWORD:
+        raise InvalidInput(f"A password needs at least {MIN_PASSWORD} characters.")
+    if len(password) > MAX_PASSWORD:
+        raise InvalidInput(f"A password has at most {MAX_PASSWORD} characters (the sign-in form takes no more).")
+    if len(set(password)) == 1:
+        raise InvalidInput("That password is one character repeated: choose one that is harder to guess.")
+    folded, local = password.casefold(), email.partition("@")[0]
+    if email in folded or (len(local) >= 4 and local in folded):
+        raise InvalidInput("That password contains the email address: choose one that does not.")
+    # zxcvbn reads at most 72 characters; a long password is judged by its start.
+    found = zxcvbn(password[:72], user_inputs=[email, local])
+    if found["score"] < 3:
+        why = found["feedback"]["warning"] or "It is close to a password found in lists of common or breached ones."
+        raise InvalidInput(f"That password is too easy to guess. {why.rstrip('.')}. A few unrelated words make "
+                           "a strong one.")
+
+
 def create_local_user(email: str, org_name: str, password: str, *, role: str = "admin",
-                      break_glass: bool = False) -> User:
-    """Create a password account in an organisation whose domains include the email's."""
+                      break_glass: bool = False, actor: Actor = None) -> User:
+    """Create a password account in an organisation whose domains include the email's (audited when an actor
+    is given)."""
     email = normalise_email(email)
     org = get_organization(org_name)
     if email.rpartition("@")[2] not in {d.name for d in org.domains}:
         raise InvalidInput(f"{email.rpartition('@')[2]} is not one of {org.name}'s domains.")
-    if len(password or "") < 12:
-        raise InvalidInput("A password needs at least 12 characters.")
+    check_password(password, email)
     if users_by_email(email):
         raise InvalidInput("A user with that email exists already.")
     user = User(organization=org, role=role, password_hash=generate_password_hash(password), break_glass=break_glass)
     _set_email(user, email)
+    if actor is not None:
+        record("user_created", "success", org=org, actor=actor,
+               detail=f"user {user.id} {role}" + (" break-glass" if break_glass else "") + " password")
     _commit_or_conflict("A user with that email exists already.")
     return user
+
+
+def set_password(raw_email: str, password: str, actor: Actor) -> tuple[User, int]:
+    """Give a password account a new password and end all its sessions; return the user and sessions ended."""
+    email = normalise_email(raw_email)
+    user = next((u for u in users_by_email(email) if u.password_hash), None)
+    if user is None:
+        if users_by_email(email):
+            raise InvalidInput(f"{email} signs in with Microsoft only: it has no password to reset.")
+        raise InvalidInput(f"No account has the email {email}.")
+    check_password(password, email)
+    user.password_hash = generate_password_hash(password)
+    sessions = db.select(LoginSession.id).where(LoginSession.user_id == user.id)
+    db.session.execute(db.delete(StoredProfile).where(StoredProfile.kept.is_(False),
+                                                      StoredProfile.session_id.in_(sessions)),
+                       execution_options={"synchronize_session": False})
+    ended = db.session.execute(db.delete(LoginSession).where(LoginSession.user_id == user.id),
+                               execution_options={"synchronize_session": False}).rowcount or 0
+    record("password_reset", "success", org=user.organization, actor=actor,
+           detail=f"user {user.id} sessions_ended={ended}")
+    db.session.commit()
+    scrub_deleted()
+    return user, ended
 
 
 def _commit_or_conflict(message: str) -> None:
@@ -377,11 +575,12 @@ def _drop_login_session(sid_hash: str) -> bool:
 
 # -- audit --------------------------------------------------------------------------------------
 
-def record(action: str, outcome: str, *, org: Organization | None = None, actor: User | None = None,
+def record(action: str, outcome: str, *, org: Organization | None = None, actor: Actor = None,
            detail: str = "") -> AuditEvent:
     """Add an audit event to the current unit of work (the caller commits)."""
-    event = AuditEvent(organization_id=org.id if org is not None else None, actor=actor, action=action,
-                       outcome=outcome, detail=detail[:200],
+    by_operator = isinstance(actor, Operator)
+    event = AuditEvent(organization_id=org.id if org is not None else None, actor=None if by_operator else actor,
+                       by_operator=by_operator, action=action, outcome=outcome, detail=detail[:200],
                        ip=request.remote_addr if has_request_context() else None)
     db.session.add(event)
     return event
@@ -576,7 +775,7 @@ def _activate_sso(org: Organization, result: entra.SignIn, actor: User | None, p
     return actor
 
 
-def deactivate_sso(org: Organization, actor: User | None, *, via: str = "settings") -> None:
+def deactivate_sso(org: Organization, actor: Actor, *, via: str = "settings") -> None:
     """Turn SSO off and unbind the tenant; SSO sessions of the organisation end. Password accounts keep working."""
     org.sso_active = False
     org.require_sso = False
@@ -948,6 +1147,8 @@ AUDIT_ACTIONS = {
     "tenant_bound": "Tenant bound", "identity_linked": "Microsoft account linked", "user_created": "User created",
     "admin_consent": "Admin consent", "require_sso": "Require single sign-on",
     "profile_stored": "Profile copy stored", "profile_deleted": "Profile copy deleted",
+    "org_created": "Organisation created", "org_renamed": "Organisation renamed", "domain_added": "Domain added",
+    "domain_removed": "Domain removed", "password_reset": "Password reset", "org_deleted": "Organisation deleted",
 }
 
 
@@ -1093,7 +1294,7 @@ class AuditPage:
 def _audit_entries(events: Iterable[AuditEvent]) -> Iterable[AuditEntry]:
     names: dict[int, str] = {}  # decrypt each actor's email once
     for entry in events:
-        actor = None
+        actor = OPERATOR_NAME if entry.by_operator else None
         if entry.actor_id is not None and entry.actor is not None:
             if entry.actor_id not in names:
                 names[entry.actor_id] = display_user(entry.actor)

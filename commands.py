@@ -19,8 +19,8 @@ DEMO_ORGS = (
 
 
 def init_app(app: Flask) -> None:
-    for command in (init_db, create_org, create_admin, deactivate_sso, generate_key, demo, rotate_keys,
-                    sweep_sessions, audit):
+    for command in (init_db, orgs, create_org, rename_org, add_domain, remove_domain, delete_org, create_admin,
+                    set_password, deactivate_sso, generate_key, demo, rotate_keys, sweep_sessions, audit):
         app.cli.add_command(command)
 
 
@@ -51,10 +51,91 @@ def init_db() -> None:
 def create_org(name: str, domains: tuple[str, ...]) -> None:
     """Create an organisation with one or more email domains."""
     try:
-        org = accounts.create_organization(name, domains)
+        org = accounts.create_organization(name, domains, accounts.OPERATOR)
     except accounts.PortalError as e:
         _fail(e)
     click.echo(f"Created organisation {org.name} with {', '.join(d.name for d in org.domains)}.")
+
+
+@click.command("orgs")
+@with_appcontext
+def orgs() -> None:
+    """List the organisations: name, domains, number of users, single sign-on."""
+    found = accounts.organizations()
+    if not found:
+        click.echo("No organisations yet: create one with `flask --app app create-org NAME --domain DOMAIN`.")
+    for org, users in found:
+        sso = f"SSO active (tenant {org.tenant_id})" if org.sso_active else "SSO off"
+        click.echo(f"{org.name}\t{', '.join(d.name for d in org.domains)}\t"
+                   f"{users} user{'' if users == 1 else 's'}\t{sso}")
+
+
+@click.command("rename-org")
+@with_appcontext
+@click.argument("name")
+@click.argument("new_name")
+def rename_org(name: str, new_name: str) -> None:
+    """Give an organisation a new name (names are unique without regard to case)."""
+    org = _organization(name)
+    try:
+        old = accounts.rename_organization(org, new_name, accounts.OPERATOR)
+    except accounts.PortalError as e:
+        _fail(e)
+    click.echo(f"Renamed organisation {old} to {org.name}.")
+
+
+@click.command("add-domain")
+@with_appcontext
+@click.argument("domain")
+@click.option("--org", "org_name", required=True, help="The organisation's name.")
+def add_domain(domain: str, org_name: str) -> None:
+    """Add an email domain to an organisation."""
+    org = _organization(org_name)
+    try:
+        added = accounts.add_domain(org, domain, accounts.OPERATOR)
+    except accounts.PortalError as e:
+        _fail(e)
+    click.echo(f"Added {added} to {org.name}.")
+
+
+@click.command("remove-domain")
+@with_appcontext
+@click.argument("domain")
+@click.option("--org", "org_name", required=True, help="The organisation's name.")
+def remove_domain(domain: str, org_name: str) -> None:
+    """Remove an email domain from an organisation (never its last one)."""
+    org = _organization(org_name)
+    try:
+        removed, affected = accounts.remove_domain(org, domain, accounts.OPERATOR)
+    except accounts.PortalError as e:
+        _fail(e)
+    click.echo(f"Removed {removed} from {org.name}.")
+    if affected:
+        click.echo(f"{affected} of its accounts have an email in {removed}: password accounts keep signing in with "
+                   "their password; Microsoft sign-ins from that domain no longer reach the organisation.")
+
+
+@click.command("delete-org")
+@with_appcontext
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Confirm: delete the organisation, its users and all their data.")
+def delete_org(name: str, yes: bool) -> None:
+    """Delete an organisation with its users and everything stored about them (needs --yes)."""
+    org = _organization(name)
+    if not yes:
+        users = sum(n for o, n in accounts.organizations() if o.id == org.id)
+        raise click.ClickException(f"Deleting {org.name} deletes its {users} user{'' if users == 1 else 's'} and "
+                                   "everything stored about them, for good: run again with --yes to confirm.")
+    org_name = org.name
+    counts = accounts.delete_organization(org)
+    done = ", ".join(f"{n} {kind if n == 1 else kind.replace('copy', 'copie') + 's'}" for kind, n in counts.items())
+    click.echo(f"Deleted organisation {org_name}: {done}.")
+
+
+def _read_password(password_stdin: bool) -> str:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return click.prompt("Password", hide_input=True, confirmation_prompt=True)
 
 
 @click.command("create-admin")
@@ -65,15 +146,28 @@ def create_org(name: str, domains: tuple[str, ...]) -> None:
 @click.option("--break-glass", is_flag=True, help="May sign in with a password even when SSO is required.")
 def create_admin(email: str, org_name: str, password_stdin: bool, break_glass: bool) -> None:
     """Create an administrator with a password."""
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    password = _read_password(password_stdin)
     try:
-        user = accounts.create_local_user(email, org_name, password, role="admin", break_glass=break_glass)
+        user = accounts.create_local_user(email, org_name, password, role="admin", break_glass=break_glass,
+                                          actor=accounts.OPERATOR)
     except accounts.PortalError as e:
         _fail(e)
-    click.echo(f"Created administrator {accounts.user_email(user)} in {org_name}.")
+    click.echo(f"Created administrator {accounts.user_email(user)} in {user.organization.name}.")
+
+
+@click.command("set-password")
+@with_appcontext
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
+def set_password(email: str, password_stdin: bool) -> None:
+    """Give a password account a new password and end its sessions."""
+    password = _read_password(password_stdin)
+    try:
+        user, ended = accounts.set_password(email, password, accounts.OPERATOR)
+    except accounts.PortalError as e:
+        _fail(e)
+    click.echo(f"New password set for {accounts.user_email(user)}; {ended} session{'' if ended == 1 else 's'} "
+               "ended.")
 
 
 @click.command("deactivate-sso")
@@ -82,7 +176,7 @@ def create_admin(email: str, org_name: str, password_stdin: bool, break_glass: b
 def deactivate_sso(org_name: str) -> None:
     """Turn single sign-on off for an organisation (the operator's way back in)."""
     org = _organization(org_name)
-    accounts.deactivate_sso(org, None, via="cli")
+    accounts.deactivate_sso(org, accounts.OPERATOR, via="cli")
     click.echo(f"Single sign-on is off for {org.name}; password accounts can sign in.")
 
 

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 from flask_login import UserMixin
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import Float, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import Float, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint, false, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -40,6 +40,11 @@ class Organization(db.Model):
     domains: Mapped[list[Domain]] = relationship(back_populates="organization", order_by="Domain.name")
     sso_activated_by: Mapped[User | None] = relationship(foreign_keys=[sso_activated_by_id])
     admin_consent_by: Mapped[User | None] = relationship(foreign_keys=[admin_consent_by_id])
+
+
+# Names are unique without regard to case (`Acme` and `acme` cannot both exist). SQLite's lower() folds ASCII
+# only, so accounts.py also compares case-folded names; this index holds even for writes that bypass it.
+Index("uq_organizations_name_lower", func.lower(Organization.name), unique=True)
 
 
 class Domain(db.Model):
@@ -116,6 +121,8 @@ class AuditEvent(db.Model):
     organization_id: Mapped[int | None] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
     at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    # True when the operator acted through the CLI (shown as "operator (CLI)"); actor_id is then empty.
+    by_operator: Mapped[bool] = mapped_column(default=False, server_default=false())
     action: Mapped[str] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(16))  # "success" or "failure"
     detail: Mapped[str] = mapped_column(Text, default="")  # a reason code or setting; never tokens or personal data

@@ -1,11 +1,13 @@
 """Helpers that drive the portal and the emulator through their real pages."""
 from __future__ import annotations
 
+import os
 import re
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
 import vault
+from models import db
 
 PASSWORD = "correct horse battery staple"
 TEST_KEY = vault.generate_key()
@@ -161,3 +163,23 @@ def activate_sso(client, *, admin: str = "admin@northwind.example", microsoft_us
 
 def sign_out(client):
     return submit(client, client.get("/"), "Sign out")
+
+
+def database_bytes(app) -> bytes:
+    """SQLite: the database file with its -wal/-journal (free pages included). Elsewhere: every stored value."""
+    uri = app.config["SQLALCHEMY_DATABASE_URI"]
+    if not uri.startswith("sqlite:///"):
+        with app.app_context():
+            found = []
+            for table in db.metadata.sorted_tables:
+                for row in db.session.execute(db.select(table)):
+                    found += [v if isinstance(v, bytes) else str(v).encode() for v in row]
+            return b"\0".join(found)
+    path = uri.removeprefix("sqlite:///")
+    assert path.startswith(app.instance_path) and os.path.exists(path)
+    found = b""
+    for name in (path, path + "-wal", path + "-journal"):
+        if os.path.exists(name):
+            with open(name, "rb") as f:
+                found += f.read()
+    return found

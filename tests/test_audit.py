@@ -147,7 +147,7 @@ def test_cli_prints_json_lines_oldest_first(app, runner, active):
     assert all(set(x) == {"time", "actor", "action", "outcome", "detail", "ip"} for x in lines)
     assert all(ISO_UTC.match(x["time"]) for x in lines)
     assert lines[0]["actor"] == "admin@northwind.example" and lines[0]["ip"] == "127.0.0.1"
-    assert lines[-1] == {**lines[-1], "actor": None, "detail": "cli", "ip": None}
+    assert lines[-1] == {**lines[-1], "actor": "operator (CLI)", "detail": "cli", "ip": None}
     with app.app_context():
         assert len(lines) == db.session.scalar(db.select(db.func.count()).select_from(AuditEvent))
 

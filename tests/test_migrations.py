@@ -67,3 +67,23 @@ def test_downgrade_to_nothing_and_up_again(deployment):
         assert not db.inspect(db.engine).has_table("organizations")
     assert runner.invoke(args=["db", "upgrade"]).exit_code == 0
     assert _revision_and_diff(deployment) == (_head(), [])
+
+
+def test_upgrade_names_organisations_whose_names_differ_only_in_case(deployment, caplog):
+    runner = deployment.test_cli_runner()
+    assert runner.invoke(args=["db", "upgrade", "7c4e2b9d1a60"]).exit_code == 0  # before names ignored case
+    with deployment.app_context():
+        for name in ("Acme", "ACME", "Other"):
+            db.session.execute(db.text("INSERT INTO organizations (name, created_at, sso_active, store_profiles, "
+                                       "require_sso) VALUES (:n, CURRENT_TIMESTAMP, false, true, false)"), {"n": name})
+        db.session.commit()
+    result = runner.invoke(args=["db", "upgrade"])
+    assert result.exit_code == 1
+    refusal = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(refusal) == 1 and "these do not: 'Acme' (id 1), 'ACME' (id 2). Rename" in refusal[0], refusal
+    assert "Other" not in refusal[0]
+    with deployment.app_context():
+        db.session.execute(db.text("UPDATE organizations SET name = 'Acme East' WHERE id = 2"))
+        db.session.commit()
+    assert runner.invoke(args=["db", "upgrade"]).exit_code == 0
+    assert _revision_and_diff(deployment) == (_head(), [])

@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import zlib
 from datetime import timedelta
 
@@ -13,7 +12,7 @@ from itsdangerous import base64_decode
 
 import accounts
 import vault
-from helpers import csrf, forms, password_sign_in, sign_out, sso_sign_in, submit
+from helpers import csrf, database_bytes, forms, password_sign_in, sign_out, sso_sign_in, submit
 from models import AuditEvent, LoginSession, Organization, StoredProfile, User, db, utcnow
 from test_sso import active  # noqa: F401  (Northwind with SSO activated, browser signed out)
 
@@ -256,7 +255,7 @@ def test_deleted_copy_leaves_no_ciphertext_in_the_database_file(app, client, act
     with app.app_context():
         blob = db.session.get(StoredProfile, _lena(app).id).data_enc
     submit(client, submit(client, client.get("/profile/"), "Delete my stored copy"), "Delete my stored copy")
-    assert blob[-32:] not in _database_bytes(app)  # overwritten, not left in a free page
+    assert blob[-32:] not in database_bytes(app)  # overwritten, not left in a free page
 
 
 # -- the admin's purge --------------------------------------------------------------------------
@@ -357,26 +356,6 @@ def test_a_blob_moved_to_another_field_does_not_decrypt(app, client, active):  #
 
 # -- nothing personal in clear at rest ----------------------------------------------------------
 
-def _database_bytes(app) -> bytes:
-    """SQLite: the database file with its -wal/-journal (free pages included). Elsewhere: every stored value."""
-    uri = app.config["SQLALCHEMY_DATABASE_URI"]
-    if not uri.startswith("sqlite:///"):
-        with app.app_context():
-            found = []
-            for table in db.metadata.sorted_tables:
-                for row in db.session.execute(db.select(table)):
-                    found += [v if isinstance(v, bytes) else str(v).encode() for v in row]
-            return b"\0".join(found)
-    path = uri.removeprefix("sqlite:///")
-    assert path.startswith(app.instance_path) and os.path.exists(path)
-    found = b""
-    for name in (path, path + "-wal", path + "-journal"):
-        if os.path.exists(name):
-            with open(name, "rb") as f:
-                found += f.read()
-    return found
-
-
 def _cookie_payload(client) -> bytes:
     value = client.get_cookie("session", domain="portal.test").value
     compressed = value.startswith(".")
@@ -394,7 +373,7 @@ def test_no_plaintext_personal_data_in_the_database_logs_or_cookie(app, client, 
     cookie = _cookie_payload(client)
     with app.app_context():
         db.engine.dispose()  # close pooled connections so everything is on disk
-    stored = _database_bytes(app)
+    stored = database_bytes(app)
     with app.app_context():
         assert db.session.get(StoredProfile, _lena(app).id).data_enc in stored  # the search reads what is stored
     for text in PERSONAL:
@@ -402,4 +381,4 @@ def test_no_plaintext_personal_data_in_the_database_logs_or_cookie(app, client, 
         assert text not in caplog.text, text
         assert text.encode() not in cookie, text
     sign_out(client)
-    assert "Lena" not in caplog.text and b"Lena" not in _database_bytes(app)
+    assert "Lena" not in caplog.text and b"Lena" not in database_bytes(app)
