@@ -394,12 +394,13 @@ MAX_PENDING_FLOWS = 3  # a few tabs may sign in at once
 
 
 def needs_consent_explanation(realm: Realm) -> bool:
-    """Explain what is read before a user's first Microsoft sign-in, until the organisation has admin consent."""
+    """Explain what is read before Microsoft until the organisation has admin consent.
+
+    Decided by the organisation alone: asking whether the email already has an account would tell the login
+    prompt's visitors which emails do. So members see it at each sign-in until admin consent is recorded.
+    """
     org = realm.organization
-    if org is None or org.admin_consent_at is not None:
-        return False
-    known = [u for u in users_by_email(realm.email, org) if u.tenant_id == org.tenant_id and u.object_id]
-    return not known
+    return org is not None and org.admin_consent_at is None
 
 
 def begin_sso(purpose: str, *, org: Organization, login_hint: str | None, next_path: str = "/",
