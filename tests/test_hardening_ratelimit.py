@@ -106,6 +106,14 @@ def test_ipv6_clients_share_one_budget_per_64(app, northwind):
     assert prompt("2001:db8:1:3::1") == 200
 
 
+def test_password_steps_have_their_own_smaller_budget_per_ip(app, client, northwind):
+    app.config.update(RATELIMIT_SIGN_IN_PER_IP="100 per minute", RATELIMIT_PASSWORD_PER_IP="3 per minute")
+    token = csrf(client)
+    codes = [_wrong_password(client, f"user{i}@northwind.example", token).status_code for i in range(4)]
+    assert codes == [401, 401, 401, 429]
+    assert client.post("/login", data={"email": "x@unknown.example", "csrf_token": token}).status_code == 200
+
+
 def test_login_prompt_is_limited_but_showing_the_form_is_not(app, client, northwind):
     _low(app, per_ip="3 per minute")
     token = csrf(client)
