@@ -87,6 +87,25 @@ def test_required_answers_a_wrong_and_a_right_password_alike(app, client, people
     assert answer("nobody.here@northwind.example", "not the password") == right
 
 
+def test_break_glass_signs_in_from_a_new_address_while_someone_guesses(app, client, people):
+    password_sign_in(client, "admin@northwind.example")
+    _set(client, True)
+    sign_out(client)
+    app.config.update(RATELIMIT_SIGN_IN_PER_ACCOUNT="3 per minute")
+    guesser = app.test_client()
+    token = csrf(guesser)
+    for i in range(3):  # three addresses guess until each is blocked for the account
+        address = {"REMOTE_ADDR": f"198.51.100.{i}"}
+        codes = [guesser.post("/login/password", environ_base=address, data={
+            "email": "rescue@northwind.example", "password": "a guess", "csrf_token": token}).status_code
+            for _ in range(4)]
+        assert codes == [403, 403, 403, 429]
+    rescue = app.test_client()
+    resp = rescue.post("/login/password", environ_base={"REMOTE_ADDR": "203.0.113.5"}, data={
+        "email": "rescue@northwind.example", "password": PASSWORD, "csrf_token": csrf(rescue)})
+    assert resp.status_code == 303 and _signed_in(rescue)
+
+
 def test_turning_it_off_lets_passwords_in_again(app, client, people):
     password_sign_in(client, "rescue@northwind.example")
     _set(client, True)
