@@ -243,7 +243,7 @@ def _register_error_pages(app: Flask) -> None:
 
     @app.errorhandler(429)
     def too_many(e: HTTPException):
-        message = "Too many sign-in attempts came from here or for this account. Wait a minute, then try again."
+        message = "Too many sign-in attempts came from here. Wait a minute, then try again."
         return render_template("error.html", status=429, title="Too many attempts", message=message), 429
 
     @app.errorhandler(CSRFError)
