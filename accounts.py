@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
 import re
@@ -79,6 +80,17 @@ class NotAllowed(PortalError):
 class SignInFailed(PortalError):
     status = 401
     title = "Sign-in failed"
+
+
+class Throttled(PortalError):
+    """Too many failed password checks for one account from one client; retry_after in seconds."""
+
+    status = 429
+    title = "Too many attempts"
+
+    def __init__(self, retry_after: int):
+        super().__init__("Too many sign-in attempts came from here for this account. Wait a minute, then try again.")
+        self.retry_after = retry_after
 
 
 # -- set-up -------------------------------------------------------------------------------------
@@ -466,21 +478,40 @@ def _commit_or_conflict(message: str) -> None:
 
 # -- password sign-in ---------------------------------------------------------------------------
 
-def password_sign_in(raw_email: str, password: str) -> User:
-    """Check a password; unknown users and wrong passwords fail alike, and SSO enforcement applies."""
+def _requires_sso(org: Organization | None) -> bool:
+    return org is not None and org.sso_active and org.require_sso
+
+
+def password_sign_in(raw_email: str, password: str, *, client: str | None) -> User:
+    """Check a password; unknown users and wrong passwords fail alike, and SSO enforcement applies.
+
+    Each check counts against the (account, client address) pair first and a success forgets the pair's count,
+    so only failed checks add up, and only for the client that made them: strangers cannot lock the owner out.
+    """
     email = normalise_email(raw_email)
+    pair = ("password-check", _throttle_hash(email), address_key(client))
+    limit = current_app.config["RATELIMIT_SIGN_IN_PER_ACCOUNT"]
+    retry_after = throttles.hit(limit, *pair)
+    if retry_after:
+        log.warning("Password checks refused: too many failures for one account from one client")
+        raise Throttled(retry_after)
     candidates = [u for u in users_by_email(email) if u.password_hash]
     user = candidates[0] if candidates else None
-    ok = check_password_hash(user.password_hash if user else _DUMMY_HASH, password or "")
-    if not ok or user is None:
-        record("sign_in", "failure", org=user.organization if user else None, actor=user, detail="bad_password")
+    ok = check_password_hash(user.password_hash if user else _DUMMY_HASH, password or "") and user is not None
+    # Where the email's organisation requires SSO, every answer but a break-glass account's success is the same
+    # refusal, so a wrong and a right password (or no account at all) look alike.
+    enforced = organization_for_domain(email.rpartition("@")[2])
+    if ok and _requires_sso(user.organization):
+        enforced = user.organization
+    if not ok or (_requires_sso(enforced) and not user.break_glass):
+        record("sign_in", "failure", org=user.organization if user else None, actor=user,
+               detail="sso_required" if ok else "bad_password")
         db.session.commit()
+        if _requires_sso(enforced):
+            raise SignInFailed(f"{enforced.name} requires single sign-on. Sign in with Microsoft instead.", status=403)
         raise SignInFailed("The email or password is not right.")
+    throttles.clear(limit, *pair)
     org = user.organization
-    if org.sso_active and org.require_sso and not user.break_glass:
-        record("sign_in", "failure", org=org, actor=user, detail="sso_required")
-        db.session.commit()
-        raise SignInFailed(f"{org.name} requires single sign-on. Sign in with Microsoft instead.", status=403)
     user.last_sign_in_at = utcnow()
     record("sign_in", "success", org=org, actor=user, detail="password")
     start_session(user, "password")
@@ -593,12 +624,13 @@ MAX_PENDING_FLOWS = 3  # a few tabs may sign in at once
 
 
 def needs_consent_explanation(realm: Realm) -> bool:
-    """Explain what is read before a user's first Microsoft sign-in, until the organisation has admin consent."""
+    """Explain what is read before Microsoft until the organisation has admin consent.
+
+    Decided by the organisation alone: asking whether the email already has an account would tell the login
+    prompt's visitors which emails do. So members see it at each sign-in until admin consent is recorded.
+    """
     org = realm.organization
-    if org is None or org.admin_consent_at is not None:
-        return False
-    known = [u for u in users_by_email(realm.email, org) if u.tenant_id == org.tenant_id and u.object_id]
-    return not known
+    return org is not None and org.admin_consent_at is None
 
 
 def begin_sso(purpose: str, *, org: Organization, login_hint: str | None, next_path: str = "/",
@@ -612,8 +644,7 @@ def begin_sso(purpose: str, *, org: Organization, login_hint: str | None, next_p
         flows.pop(min(flows, key=lambda k: flows[k]["started"]))
     flows[flow["state"]] = {"flow": flow, "purpose": purpose, "org_id": org.id, "next": next_path,
                             "actor_id": actor.id if actor else None,
-                            "started": utcnow().timestamp(),  # float: "oldest" is well-defined
-                            "account": account_key(login_hint)}
+                            "started": utcnow().timestamp()}  # float: "oldest" is well-defined
     session["flows"] = flows
     return auth_uri
 
@@ -1332,26 +1363,26 @@ def _throttle_hash(value: str) -> str:
     return hmac.new(secret, b"throttle:" + value.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def account_key(raw_email: str | None) -> str | None:
-    """A keyed hash of the account an email names, for rate limits: no personal data in limiter storage or logs."""
-    if not isinstance(raw_email, str) or not raw_email.strip():
-        return None
+def _address_group(address: str | None) -> str:
+    """The client as the throttles count it: an IPv4 address, or the /64 of an IPv6 one (one home or host's
+    privacy addresses share a /64, so counting each address alone would let one client rotate through them)."""
     try:
-        email = normalise_email(raw_email)
-    except InvalidInput:
-        email = raw_email.strip().lower()[:MAX_EMAIL]  # junk is throttled too, under its own key
-    return _throttle_hash(email)
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return address or "-"
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
 
 
-def address_key(address: str) -> str:
-    """A keyed hash of a client address, for rate limits: the counters in the database hold no IP address."""
-    return _throttle_hash("address:" + address)
+def address_key(address: str | None) -> str:
+    """A keyed hash of a client (see _address_group), for rate limits: the counters in the database hold no IP
+    address."""
+    return _throttle_hash("address:" + _address_group(address))
 
 
-def flow_account(state: str | None) -> str | None:
-    """The throttle key of the account a pending sign-in began with, if the callback's state names one."""
-    pending = session.get("flows", {}).get(state) if isinstance(state, str) else None
-    return pending.get("account") if isinstance(pending, dict) else None
 # -- several workers at once --------------------------------------------------------------------
 # Workers share nothing but the database, so parallel requests for the same identity or organisation
 # are settled there: unique keys decide who inserts, a conditional UPDATE decides who binds.

@@ -62,13 +62,16 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, instance_path: s
         # Behind a reverse proxy: how many proxies set X-Forwarded-For / -Proto (0 = trust none).
         PROXY_FIX_X_FOR=0,
         PROXY_FIX_X_PROTO=0,
-        # Sign-in throttles (Flask-Limiter syntax), shared by the login prompt, password step,
-        # "Continue to Microsoft" and the callback; per client IP and per account (both as keyed hashes).
+        # Sign-in throttles (Flask-Limiter syntax); clients are counted by IPv4 address or IPv6 /64, accounts by
+        # the normalised email, both only as keyed hashes. Per client: every sign-in request (login prompt,
+        # password step, "Continue to Microsoft", callbacks), generous enough for a company behind one NAT, and
+        # password steps alone. Per account and client: failed password checks only.
         RATELIMIT_ENABLED=True,
         RATELIMIT_STORAGE_URI=throttles.SCHEME + "://",  # the portal's database: every worker counts together
         RATELIMIT_STRATEGY="moving-window",
         RATELIMIT_HEADERS_ENABLED=True,
-        RATELIMIT_SIGN_IN_PER_IP="60 per minute; 600 per hour",
+        RATELIMIT_SIGN_IN_PER_IP="1000 per minute; 10000 per hour",
+        RATELIMIT_PASSWORD_PER_IP="60 per minute; 600 per hour",
         RATELIMIT_SIGN_IN_PER_ACCOUNT="10 per minute; 100 per hour",
     )
     app.config.from_pyfile("config.py", silent=True)
@@ -79,7 +82,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, instance_path: s
     _finish_config(app)
 
     accounts.init_app(app)
-    _wire_rate_limits(app)  # before CSRFProtect, so requests with a bad token are counted too
+    _wire_rate_limits(app)  # before CSRFProtect, so requests with a bad token count per IP too
     _wire_csrf(app)
     if app.config["DEMO_MODE"]:
         _wire_emulator(app)
@@ -182,7 +185,8 @@ def _wire_emulator(app: Flask) -> None:
 
 
 def _wire_rate_limits(app: Flask) -> None:
-    """Throttle the sign-in endpoints per client IP and per account; one Limiter per app."""
+    """Throttle the sign-in endpoints per client IP; one Limiter per app (accounts counts failed password checks
+    per account and client with it, in the view, where a check is known to have failed)."""
     limiter = Limiter(lambda: accounts.address_key(get_remote_address()), app=app)
 
     @limiter.request_filter
@@ -192,9 +196,8 @@ def _wire_rate_limits(app: Flask) -> None:
         return (request.endpoint, request.method) not in SIGN_IN_ENDPOINTS
 
     limiter.shared_limit(lambda: app.config["RATELIMIT_SIGN_IN_PER_IP"], scope="sign-in-ip")(auth.bp)
-    limiter.shared_limit(lambda: app.config["RATELIMIT_SIGN_IN_PER_ACCOUNT"], scope="sign-in-account",
-                         key_func=lambda: auth.throttle_key() or "-",
-                         exempt_when=lambda: auth.throttle_key() is None)(auth.bp)
+    limiter.shared_limit(lambda: app.config["RATELIMIT_PASSWORD_PER_IP"], scope="password-ip",
+                         exempt_when=lambda: request.endpoint != "auth.password")(auth.bp)
 
 
 def _wire_csrf(app: Flask) -> None:
@@ -262,7 +265,7 @@ def _register_error_pages(app: Flask) -> None:
 
     @app.errorhandler(429)
     def too_many(e: HTTPException):
-        message = "Too many sign-in attempts came from here or for this account. Wait a minute, then try again."
+        message = "Too many sign-in attempts came from here. Wait a minute, then try again."
         return render_template("error.html", status=429, title="Too many attempts", message=message), 429
 
     @app.errorhandler(CSRFError)
@@ -274,8 +277,10 @@ def _register_error_pages(app: Flask) -> None:
     @app.errorhandler(accounts.PortalError)
     @app.errorhandler(entra.EntraError)
     def portal_error(e):
-        return render_template("error.html", status=e.status, title=e.title, message=e.message, hint=e.hint,
-                               code=getattr(e, "code", None)), e.status
+        retry_after = getattr(e, "retry_after", None)
+        return (render_template("error.html", status=e.status, title=e.title, message=e.message, hint=e.hint,
+                                code=getattr(e, "code", None)), e.status,
+                {"Retry-After": str(retry_after)} if retry_after else {})
 
     @app.errorhandler(500)
     def server_error(e):

@@ -1,5 +1,8 @@
 """The sign-in throttles' counters in the portal's own database, so every worker and host counts together.
 
+Flask-Limiter counts the per-IP limits before a request reaches its view; `hit` and `clear` below count what only
+a view can know about (a failed password check), with the same strategy and storage.
+
 A storage backend for `limits`, the engine under Flask-Limiter, selected with
 RATELIMIT_STORAGE_URI = "portal-database://" (the default). It supports the moving window: one row per counted
 request, counted while its window lasts. Counting runs in its own short transaction, serialised per key, so
@@ -7,8 +10,11 @@ parallel requests on several workers cannot all slip under a limit.
 """
 from __future__ import annotations
 
+import math
 import time
 
+from flask import current_app
+from limits import parse_many
 from limits.storage import MovingWindowSupport, Storage
 from sqlalchemy import Float, Integer, String, bindparam, delete, func, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
@@ -96,3 +102,30 @@ def forget_expired() -> int:
     """Delete counted requests whose window has passed (the caller commits); how many."""
     return db.session.execute(delete(SignInHit).where(SignInHit.expires_at <= time.time()),
                               execution_options={"synchronize_session": False}).rowcount or 0
+
+
+def _strategy():
+    """The app's Flask-Limiter strategy (the configured storage), or None while the throttles are switched off."""
+    limiter = next(iter(current_app.extensions.get("limiter", ())), None)
+    return limiter.limiter if limiter is not None and limiter.enabled else None
+
+
+def hit(limit_text: str, *identifiers: str) -> int:
+    """Count one event under each limit of `limit_text` ("10 per minute; 100 per hour"); 0 when that was allowed,
+    else the seconds until it would be (the event is then not counted against the exhausted limit)."""
+    strategy = _strategy()
+    if strategy is None:
+        return 0
+    for item in parse_many(limit_text):
+        if not strategy.hit(item, *identifiers):
+            reset_at = strategy.get_window_stats(item, *identifiers).reset_time
+            return max(1, math.ceil(reset_at - time.time()))
+    return 0
+
+
+def clear(limit_text: str, *identifiers: str) -> None:
+    """Forget every event counted under `identifiers` for the limits of `limit_text`."""
+    strategy = _strategy()
+    if strategy is not None:
+        for item in parse_many(limit_text):
+            strategy.clear(item, *identifiers)

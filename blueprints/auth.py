@@ -48,13 +48,6 @@ def safe_next(target: str | None) -> str:
     return target
 
 
-def throttle_key() -> str | None:
-    """Whose sign-in this request is, as a keyed hash: the email typed, or the account a callback's flow began with."""
-    if request.endpoint == "auth.callback":
-        return accounts.flow_account(request.args.get("state"))
-    return accounts.account_key(request.form.get("email"))
-
-
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     """Step one: an email; its domain decides between Microsoft and a password."""
@@ -83,7 +76,7 @@ def password():
     if not form.validate_on_submit():
         return render_template("auth/password.html", form=form), 400
     try:
-        accounts.password_sign_in(form.email.data, form.password.data)
+        accounts.password_sign_in(form.email.data, form.password.data, client=request.remote_addr)
     except accounts.SignInFailed as e:
         form.password.data = ""
         return render_template("auth/password.html", form=form, error=e.message), e.status

@@ -61,12 +61,12 @@ def main() -> None:
 
         phone = browser.new_context(viewport={"width": 360, "height": 740}, java_script_enabled=False)
         walk = Walk(phone.new_page(), portal, on_arrive=shoot)
-        walk.sso_sign_in(MEMBER, explanation=False, consent=None).at("Welcome", "home")
+        walk.sso_sign_in(MEMBER, consent=None).at("Welcome", "home")
         walk.click("Profile", role="link").at("Your profile", "profile-360")
 
         admin = browser.new_context(viewport={"width": 1024, "height": 640}, java_script_enabled=False)
         walk = Walk(admin.new_page(), portal, on_arrive=shoot)
-        walk.sso_sign_in(ADMIN, explanation=False, consent=None).at("Welcome", "home")
+        walk.sso_sign_in(ADMIN, consent=None).at("Welcome", "home")
         walk.open_security().click("Grant admin consent for your organization")
         walk.at("Permissions requested", "microsoft-admin-consent").click("Accept")
         walk.page.wait_for_url(lambda url: "/_entra/" not in url)

@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 
 from app import create_app
-from helpers import (PASSWORD, activate_sso, csrf, password_sign_in, sign_out, sso_sign_in, start_sso, submit,
+from helpers import (PASSWORD, activate_sso, csrf, password_sign_in, start_sso, submit,
                      through_microsoft)
 from models import AuditEvent, db
 from test_app import REAL
@@ -57,12 +57,10 @@ def test_hostile_next_through_microsoft_falls_back(client, active):  # noqa: F81
 
 def test_redirect_uri_and_sign_out_target_ignore_the_host_header(client, active):  # noqa: F811
     forged = {"X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https"}
-    sso_sign_in(client, LENA)
-    sign_out(client)  # from now on the login prompt sends Lena straight to Microsoft
     token = csrf(client)
     client.set_cookie("session", client.get_cookie("session", domain="portal.test").value, domain="evil.example")
-    resp = client.post("/login", data={"email": LENA, "csrf_token": token}, headers=forged,
-                       base_url="http://evil.example")  # the request's Host header
+    resp = client.post("/auth/sso/start", data={"email": LENA, "csrf_token": token}, headers=forged,
+                       base_url="http://evil.example")  # Continue to Microsoft, with the request's Host header
     assert resp.status_code == 303 and resp.request.host == "evil.example"
     query = parse_qs(urlsplit(resp.headers["Location"]).query)
     assert query["redirect_uri"] == [CALLBACK]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 
@@ -57,14 +58,52 @@ def test_required_refuses_passwords_except_break_glass(app, client, people):
         assert resp.status_code == 403 and b"requires single sign-on" in resp.data, email
         assert not _signed_in(client)
     wrong = password_sign_in(client, "omar.haddad@northwind.example", "not the password")
-    assert wrong.status_code == 401  # a wrong password says nothing more than before
+    assert wrong.status_code == 403 and b"requires single sign-on" in wrong.data
 
     assert password_sign_in(client, "rescue@northwind.example").status_code == 303
     assert _signed_in(client)
     with app.app_context():
         refusals = db.session.execute(db.select(AuditEvent.detail).where(
             AuditEvent.action == "sign_in", AuditEvent.outcome == "failure")).scalars().all()
-        assert refusals.count("sso_required") == 2
+        assert refusals.count("sso_required") == 2 and refusals.count("bad_password") == 1
+
+
+def test_required_answers_a_wrong_and_a_right_password_alike(app, client, people):
+    password_sign_in(client, "admin@northwind.example")
+    _set(client, True)
+    sign_out(client)
+
+    def answer(email, password):
+        resp = password_sign_in(client, email, password)
+        assert not _signed_in(client)
+        page = re.sub(rb'<input[^>]*name="csrf_token"[^>]*>', b"", resp.data).replace(email.encode(), b"EMAIL")
+        return resp.status_code, page
+
+    right = answer("omar.haddad@northwind.example", PASSWORD)
+    assert right[0] == 403 and b"requires single sign-on" in right[1]
+    assert answer("omar.haddad@northwind.example", "not the password") == right
+    # A guess at the break-glass account, or at nobody, looks the same: only its right password gets in.
+    assert answer("rescue@northwind.example", "not the password") == right
+    assert answer("nobody.here@northwind.example", "not the password") == right
+
+
+def test_break_glass_signs_in_from_a_new_address_while_someone_guesses(app, client, people):
+    password_sign_in(client, "admin@northwind.example")
+    _set(client, True)
+    sign_out(client)
+    app.config.update(RATELIMIT_SIGN_IN_PER_ACCOUNT="3 per minute")
+    guesser = app.test_client()
+    token = csrf(guesser)
+    for i in range(3):  # three addresses guess until each is blocked for the account
+        address = {"REMOTE_ADDR": f"198.51.100.{i}"}
+        codes = [guesser.post("/login/password", environ_base=address, data={
+            "email": "rescue@northwind.example", "password": "a guess", "csrf_token": token}).status_code
+            for _ in range(4)]
+        assert codes == [403, 403, 403, 429]
+    rescue = app.test_client()
+    resp = rescue.post("/login/password", environ_base={"REMOTE_ADDR": "203.0.113.5"}, data={
+        "email": "rescue@northwind.example", "password": PASSWORD, "csrf_token": csrf(rescue)})
+    assert resp.status_code == 303 and _signed_in(rescue)
 
 
 def test_turning_it_off_lets_passwords_in_again(app, client, people):

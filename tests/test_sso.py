@@ -108,14 +108,17 @@ def test_member_first_sign_in_explains_consent_then_shows_profile(app, client, a
         assert user.tenant_id == NORTHWIND_TID and user.role == "member" and user.password_hash is None
 
 
-def test_second_sign_in_skips_explanation_and_calls_microsoft_three_times(app, client, emulator, active):
+def test_second_sign_in_explains_again_until_admin_consent_and_calls_microsoft_three_times(app, client, emulator,
+                                                                                          active):
     sso_sign_in(client, "lena.fischer@northwind.example")
     sign_out(client)
     emulator.requests.clear()
     resp = client.post("/login", data={"email": "lena.fischer@northwind.example",
                                        "csrf_token": __import__("helpers").csrf(client)})
-    assert resp.status_code == 303  # straight to Microsoft, no explanation
-    back = through_microsoft(client, resp, user="lena.fischer@northwind.example")
+    # No admin consent yet: the explanation again (what the prompt shows depends on the organisation only).
+    assert resp.status_code == 200 and b"Before you continue to Microsoft" in resp.data
+    back = through_microsoft(client, submit(client, resp, "Continue to Microsoft"),
+                             user="lena.fischer@northwind.example")
     assert back.status_code == 303 and _signed_in(client)
     calls = [(method, url.split("?")[0]) for method, url, _ in emulator.requests]
     assert calls == [
@@ -126,6 +129,16 @@ def test_second_sign_in_skips_explanation_and_calls_microsoft_three_times(app, c
     assert all(timeout for _, _, timeout in emulator.requests)
     with app.app_context():
         assert db.session.scalar(db.select(db.func.count()).select_from(User)) == 2  # admin + Lena, once
+
+
+def test_login_prompt_answers_known_and_unknown_emails_alike(client, active):
+    sso_sign_in(client, "lena.fischer@northwind.example")  # Lena has an account now
+    sign_out(client)
+    token = __import__("helpers").csrf(client)
+    known = client.post("/login", data={"email": "lena.fischer@northwind.example", "csrf_token": token})
+    unknown = client.post("/login", data={"email": "nobody.here@northwind.example", "csrf_token": token})
+    assert known.status_code == unknown.status_code == 200
+    assert known.data.replace(b"lena.fischer", b"nobody.here") == unknown.data
 
 
 def test_user_without_photo_has_profile_but_no_photo(client, active):

@@ -94,7 +94,7 @@ SECOND_MEMBER = "omar.haddad@northwind.example"
 
 
 def test_3_admin_grants_admin_consent_and_a_new_member_is_not_asked(walk, northwind_sso):
-    walk.sso_sign_in(ADMIN, explanation=False, consent=None).at("Welcome", "home")
+    walk.sso_sign_in(ADMIN, consent=None).at("Welcome", "home")
     walk.open_security()
     assert "Status: Not confirmed" in walk.page.inner_text("main")
     walk.click("Grant admin consent for your organization")
