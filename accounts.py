@@ -322,6 +322,14 @@ def start_session(user: User, method: str) -> str:
     return _sid_hash(sid)
 
 
+_NUMBER = re.compile(r"[0-9]{1,9}")
+
+
+def parse_number(text: str) -> int | None:
+    """A whole number given as 1 to 9 ASCII digits, else None (`str.isdigit` also takes '²', which int() refuses)."""
+    return int(text) if isinstance(text, str) and _NUMBER.fullmatch(text) else None
+
+
 def current_sid_hash() -> str | None:
     sid = session.get("sid")
     return _sid_hash(sid) if isinstance(sid, str) else None
@@ -330,13 +338,13 @@ def current_sid_hash() -> str | None:
 def load_session_user(user_id: str) -> User | None:
     """Flask-Login's loader: the user only while their server-side session is alive."""
     sid_hash = current_sid_hash()
-    if sid_hash is None or not user_id.isdigit():
+    if sid_hash is None or parse_number(user_id) is None:
         return None
     found = login_session_with_user(sid_hash)
     if found is None:
         return None
     user, created_at, last_seen_at = found
-    if user.id != int(user_id):
+    if user.id != parse_number(user_id):
         return None
     now = utcnow()
     cfg = current_app.config
@@ -1107,7 +1115,7 @@ def audit_page(org: Organization, page: str | int = 1) -> AuditPage:
     total = db.session.scalar(db.select(db.func.count()).select_from(AuditEvent)
                               .where(AuditEvent.organization_id == org.id)) or 0
     pages = max(1, -(-total // AUDIT_PAGE_SIZE))
-    number = int(page) if str(page).isdigit() and len(str(page)) < 10 else 0
+    number = parse_number(str(page)) or 0
     if not 1 <= number <= pages:
         raise InvalidInput(f"The audit log has {pages} page{'s' if pages > 1 else ''}.", status=404,
                            title="No such page")

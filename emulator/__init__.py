@@ -25,7 +25,7 @@ class Emulator:
     """One emulated Entra ID + Graph, with its state in `instance_path`."""
 
     def __init__(self, instance_path: str, *, browser_url: str,
-                 clients: dict[str, dict]) -> None:
+                 clients: dict[str, dict], max_content_length: int | None = 64 * 1024) -> None:
         os.makedirs(instance_path, exist_ok=True)
         self.instance_path = instance_path
         self.browser_url = browser_url.rstrip("/")
@@ -51,6 +51,7 @@ class Emulator:
             self.store.add_signing_key(kid, pem, cert, time.time(), only_if_empty=True)
         self.secret_key = self.store.get_or_set_meta("flask_secret_key",
                                                      lambda: secrets.token_hex(32))
+        self.max_content_length = max_content_length  # bodies beyond it are refused (413) unread
         self.wsgi = create_app(self)
 
     def now(self) -> float:

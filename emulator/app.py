@@ -55,6 +55,7 @@ def create_app(emu: "Emulator") -> Flask:
         SESSION_COOKIE_SECURE=browser.scheme == "https",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        MAX_CONTENT_LENGTH=emu.max_content_length,
     )
     app.json.sort_keys = False  # Graph clients may rely on Graph's property order
     app.extensions["entra_emulator"] = emu
