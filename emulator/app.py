@@ -251,7 +251,7 @@ def jwks(tenant: str):
     if not known:
         return _invalid_tenant(tenant)
     emu = _emu()
-    doc = emu.keys.jwks()
+    doc = emu.keys.jwks(with_consumer=emu.faults.get("id_token_alg") == "consumer-key")
     if "jwks_keys" in emu.faults:
         doc["keys"] = list(emu.faults["jwks_keys"])
     doc["keys"] += list(emu.faults.get("jwks_extra_keys") or [])
