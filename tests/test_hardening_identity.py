@@ -7,7 +7,7 @@ import io
 import pytest
 
 import accounts
-from helpers import (NORTHWIND_TID, PASSWORD, activate_sso, password_sign_in, sign_out, sso_sign_in)
+from helpers import NORTHWIND_TID, PASSWORD, activate_sso, password_sign_in, sign_out, sso_sign_in, submit
 from models import AuditEvent, Organization, User, db
 from test_sso import _signed_in, _state, active  # noqa: F401  (shared fixture)
 
@@ -88,6 +88,20 @@ def test_a_member_whose_upn_is_outside_the_domains_keeps_no_email(app, client, e
         lena = db.session.execute(db.select(User).where(User.object_id == LENA_OID)).scalar_one()
         assert lena.email_hmac == b"" and lena.email_enc == b""
         assert accounts.display_user(lena) != CEO
+
+
+def test_without_stored_copies_the_graph_mail_does_not_name_the_member_either(app, client, emulator,
+                                                                             active):  # noqa: F811
+    password_sign_in(client, ADMIN)
+    assert submit(client, client.get("/settings/security"), "Save", checks={"store_profiles": False}).status_code == 303
+    sign_out(client)
+    emulator.faults["graph_me"] = {"mail": CEO}
+    member = app.test_client()
+    assert sso_sign_in(member, LENA).status_code == 303  # her copy lives as long as her session
+    password_sign_in(client, ADMIN)
+    audit = client.get("/settings/security").data.decode()
+    assert CEO not in audit and LENA in audit
+    assert f"<dt>Email</dt><dd>{LENA}</dd>" in member.get("/profile/").data.decode()
 
 
 # -- finding 5: each published key's issuer must match the token's ------------------------------------
