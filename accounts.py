@@ -551,6 +551,14 @@ def start_session(user: User, method: str) -> str:
     return _sid_hash(sid)
 
 
+_NUMBER = re.compile(r"[0-9]{1,9}")
+
+
+def parse_number(text: str) -> int | None:
+    """A whole number given as 1 to 9 ASCII digits, else None (`str.isdigit` also takes '²', which int() refuses)."""
+    return int(text) if isinstance(text, str) and _NUMBER.fullmatch(text) else None
+
+
 def current_sid_hash() -> str | None:
     sid = session.get("sid")
     return _sid_hash(sid) if isinstance(sid, str) else None
@@ -559,13 +567,13 @@ def current_sid_hash() -> str | None:
 def load_session_user(user_id: str) -> User | None:
     """Flask-Login's loader: the user only while their server-side session is alive."""
     sid_hash = current_sid_hash()
-    if sid_hash is None or not user_id.isdigit():
+    if sid_hash is None or parse_number(user_id) is None:
         return None
     found = login_session_with_user(sid_hash)
     if found is None:
         return None
     user, created_at, last_seen_at = found
-    if user.id != int(user_id):
+    if user.id != parse_number(user_id):
         return None
     now = utcnow()
     cfg = current_app.config
@@ -677,7 +685,15 @@ def take_flow(states: list[str]) -> dict[str, Any]:
     return pending
 
 
-def complete_sso(pending: dict[str, Any], params: dict[str, str], actor: User | None = None) -> User:
+@dataclass(frozen=True)
+class SsoOutcome:
+    """A finished Microsoft sign-in: the user; for an activation by someone else's Microsoft account, that
+    account's verified email (the tenant is bound, but the admin is not linked to it)."""
+    user: User
+    not_linked: str | None = None
+
+
+def complete_sso(pending: dict[str, Any], params: dict[str, str], actor: User | None = None) -> SsoOutcome:
     """Finish a Microsoft sign-in: validate, then sign the user in or activate SSO. Nothing is stored on failure."""
     org = db.session.get(Organization, pending.get("org_id") or 0)
     purpose = pending.get("purpose")
@@ -688,7 +704,7 @@ def complete_sso(pending: dict[str, Any], params: dict[str, str], actor: User | 
         result = entra.client().finish_sign_in(pending["flow"], params)
         if purpose == "activate":
             return settle_races(lambda: _activate_sso(org, result, actor, pending))
-        return settle_races(lambda: _sso_sign_in(org, result))
+        return SsoOutcome(settle_races(lambda: _sso_sign_in(org, result)))
     except (entra.EntraError, PortalError) as e:
         db.session.rollback()
         reason = getattr(e, "reason", None) or type(e).__name__
@@ -714,13 +730,6 @@ def _verified_emails(result: entra.SignIn) -> list[str]:
 def _org_emails(org: Organization, result: entra.SignIn) -> list[str]:
     domains = {d.name for d in org.domains}
     return [e for e in _verified_emails(result) if e.rpartition("@")[2] in domains]
-
-
-def _display_email(result: entra.SignIn) -> str:
-    for value in (result.profile.get("mail"), result.claims.get("preferred_username"), result.claims.get("email")):
-        if isinstance(value, str) and value:
-            return value[:MAX_EMAIL]
-    return result.object_id
 
 
 def _sso_sign_in(org: Organization, result: entra.SignIn) -> User:
@@ -771,7 +780,8 @@ def normalise_or_raw(value: str) -> str:
         return value
 
 
-def _activate_sso(org: Organization, result: entra.SignIn, actor: User | None, pending: dict[str, Any]) -> User:
+def _activate_sso(org: Organization, result: entra.SignIn, actor: User | None,
+                  pending: dict[str, Any]) -> SsoOutcome:
     lock_organization(org)
     if actor is None or actor.id != pending.get("actor_id") or not actor.is_admin or actor.organization_id != org.id:
         raise NotAllowed("Only the administrator who started the activation can finish it.")
@@ -789,21 +799,24 @@ def _activate_sso(org: Organization, result: entra.SignIn, actor: User | None, p
             f"{org.name}'s domains, so it cannot prove the tenant belongs to {org.name}. Nothing was changed.",
             title="Account does not match the organisation",
             hint="Sign in with your work account whose email ends in one of the organisation's domains.")
+    # Any verified account of the organisation proves the tenant; only the admin's own is linked to the admin.
+    own = (actor.tenant_id, actor.object_id) == (result.tenant_id, result.object_id) or (
+        actor.object_id is None and normalise_or_raw(user_email(actor)) in _org_emails(org, result))
     holder = _user_by_identity(result.tenant_id, result.object_id)
-    if holder is not None and holder.id != actor.id:
+    if own and holder is not None and holder.id != actor.id:
         raise NotAllowed("That Microsoft account is already linked to another user of this portal.")
     first_binding = bind_tenant(org, result.tenant_id)
     org.sso_active = True
     org.sso_activated_at = utcnow()
     org.sso_activated_by_id = actor.id
-    if actor.object_id is None:
+    if own:
         actor.tenant_id, actor.object_id = result.tenant_id, result.object_id
-    store_profile(actor, result, current_sid_hash())
+        store_profile(actor, result, current_sid_hash())
     if first_binding:
         record("tenant_bound", "success", org=org, actor=actor, detail=result.tenant_id)
-    record("sso_activate", "success", org=org, actor=actor)
+    record("sso_activate", "success", org=org, actor=actor, detail="" if own else "account_not_linked")
     db.session.commit()
-    return actor
+    return SsoOutcome(actor, None if own else _org_emails(org, result)[0])
 
 
 def deactivate_sso(org: Organization, actor: Actor, *, via: str = "settings") -> None:
@@ -931,25 +944,25 @@ def _microsoft_only(user: User) -> bool:
 
 
 def _keep_or_forget_email(user: User, result: entra.SignIn, kept: bool) -> None:
-    """Keep a Microsoft-only user's email only where the organisation keeps copies; else it lives in the
-    session's profile copy and goes with it."""
+    """Keep a Microsoft-only user's verified email (in the organisation's domains) only where the organisation
+    keeps copies; else it lives in the session's profile copy and goes with it. Graph's `mail` is anyone's
+    to set, so it is profile data only: never stored here, shown as the user or indexed."""
     if not _microsoft_only(user):
         return  # a password account's email is its sign-in name, given by an admin
-    if not kept:
+    verified = _org_emails(user.organization, result)
+    if not kept or not verified:
         user.email_enc, user.email_hmac = b"", b""
-    elif not user.email_enc:
-        _set_email(user, normalise_or_raw(_display_email(result)))
+    elif user.email_hmac != vault.get_vault().blind_index(verified[0]):
+        _set_email(user, verified[0])
 
 
 def _email_from_copy(user: User) -> str:
+    """A session-only copy's UPN when it is in the organisation's domains (organisations that keep no copies)."""
     copy = profile_of(user)
-    if copy is None:
+    if copy is None or copy.kept:
         return ""
-    for key in ("mail", "userPrincipalName"):
-        value = copy.claims.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return ""
+    upn = normalise_or_raw(str(copy.claims.get("userPrincipalName") or ""))
+    return upn if upn.rpartition("@")[2] in {d.name for d in user.organization.domains} else ""
 
 
 def scrub_deleted() -> None:
@@ -1339,7 +1352,7 @@ def audit_page(org: Organization, page: str | int = 1) -> AuditPage:
     total = db.session.scalar(db.select(db.func.count()).select_from(AuditEvent)
                               .where(AuditEvent.organization_id == org.id)) or 0
     pages = max(1, -(-total // AUDIT_PAGE_SIZE))
-    number = int(page) if str(page).isdigit() and len(str(page)) < 10 else 0
+    number = parse_number(str(page)) or 0
     if not 1 <= number <= pages:
         raise InvalidInput(f"The audit log has {pages} page{'s' if pages > 1 else ''}.", status=404,
                            title="No such page")

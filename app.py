@@ -171,6 +171,7 @@ def _wire_emulator(app: Flask) -> None:
     emu = Emulator(
         os.path.join(app.instance_path, "emulator"),
         browser_url=base + "/_entra",
+        max_content_length=app.config["MAX_CONTENT_LENGTH"],
         clients={
             app.config["ENTRA_CLIENT_ID"]: {
                 "secret": app.config["ENTRA_CLIENT_SECRET"],

@@ -220,7 +220,7 @@ class EntraClient:
         self._lock = threading.Lock()
         self._msal: msal.ConfidentialClientApplication | None = None
         self._discovery: dict[str, Any] | None = None
-        self._keys: dict[str, jwt.PyJWK] = {}
+        self._keys: dict[str, tuple[jwt.PyJWK, str | None]] = {}  # kid -> (key, its published issuer)
         self._keys_fetched_at = 0.0
         self._refetches: deque[float] = deque()
 
@@ -348,17 +348,19 @@ class EntraClient:
             entries = resp.json().get("keys", []) if resp.status_code == 200 else []
         except (ValueError, AttributeError):
             entries = []
-        keys: dict[str, jwt.PyJWK] = {}
+        keys: dict[str, tuple[jwt.PyJWK, str | None]] = {}
         for entry in entries if isinstance(entries, list) else []:
             try:
-                if entry.get("kty") == "RSA" and entry.get("use", "sig") == "sig":
-                    keys[str(entry.get("kid", ""))] = jwt.PyJWK(entry, algorithm="RS256")
+                issuer = entry.get("issuer")
+                if (entry.get("kty") == "RSA" and entry.get("use", "sig") == "sig"
+                        and (issuer is None or isinstance(issuer, str))):
+                    keys[str(entry.get("kid", ""))] = (jwt.PyJWK(entry, algorithm="RS256"), issuer)
             except (jwt.PyJWTError, AttributeError, TypeError, ValueError):  # InvalidKeyError is no PyJWKError
                 log.warning("Ignored an unusable key in the JWKS")
         self._keys, self._keys_fetched_at = keys, time.monotonic()
 
-    def _signing_key(self, kid: str | None) -> jwt.PyJWK:
-        """The published key for `kid`; an unknown kid triggers one refetch (keys rotate), rate-limited."""
+    def _signing_key(self, kid: str | None) -> tuple[jwt.PyJWK, str | None]:
+        """The published key for `kid` and its issuer; an unknown kid refetches once (keys rotate), rate-limited."""
         with self._lock:
             if not self._keys_fetched_at:
                 self._fetch_keys()
@@ -392,7 +394,7 @@ class EntraClient:
         if header.get("alg") != "RS256":
             raise _invalid("bad_alg")
         kid = header.get("kid")
-        key = self._signing_key(kid if isinstance(kid, str) else None)  # keys in the header are never used
+        key, key_issuer = self._signing_key(kid if isinstance(kid, str) else None)  # never keys in the header
         try:
             claims = jwt.decode(
                 token, key.key, algorithms=["RS256"], audience=self.client_id, leeway=LEEWAY_SECONDS,
@@ -415,6 +417,10 @@ class EntraClient:
                              title="Use your work account", hint="Sign in with the account your organisation gave you.")
         if claims["iss"] != self.discovery()["issuer"].replace("{tenantid}", tid):
             raise _invalid("bad_iss")
+        # Microsoft's common key set says which issuer each key signs for (a personal-account key must not
+        # sign a work tenant's token).
+        if key_issuer is not None and claims["iss"] != key_issuer.replace("{tenantid}", tid):
+            raise _invalid("bad_key_issuer")
         if claims.get("ver") != "2.0":
             raise _invalid("bad_ver")
         if isinstance(claims["aud"], list) and claims["aud"] != [self.client_id]:

@@ -101,9 +101,13 @@ def callback():
     """Microsoft sends the browser back here with a code or an error."""
     pending = accounts.take_flow(request.args.getlist("state"))
     actor = current_user if current_user.is_authenticated else None
-    accounts.complete_sso(pending, request.args.to_dict(flat=True), actor=actor)
+    outcome = accounts.complete_sso(pending, request.args.to_dict(flat=True), actor=actor)
     if pending["purpose"] == "activate":
         flash("Single sign-on is active. Members now sign in with Microsoft.", "success")
+        if outcome.not_linked:
+            flash(f"You signed in at Microsoft as {outcome.not_linked}, not with your own account, so that "
+                  "Microsoft account was not linked to yours. Your own is linked the first time you sign in "
+                  "with it.", "info")
         return redirect(url_for("settings.security"), 303)
     flash("Signed in with Microsoft.", "success")
     return redirect(safe_next(pending.get("next")), 303)

@@ -25,7 +25,8 @@ class Emulator:
     """One emulated Entra ID + Graph, with its state in `instance_path`."""
 
     def __init__(self, instance_path: str, *, browser_url: str, clients: dict[str, dict],
-                 login_url: str = f"https://{LOGIN_HOST}", graph_url: str = f"https://{GRAPH_HOST}") -> None:
+                 login_url: str = f"https://{LOGIN_HOST}", graph_url: str = f"https://{GRAPH_HOST}",
+                 max_content_length: int | None = 64 * 1024) -> None:
         os.makedirs(instance_path, exist_ok=True)
         self.instance_path = instance_path
         self.browser_url = browser_url.rstrip("/")
@@ -41,7 +42,8 @@ class Emulator:
         self.requests: list[tuple] = []
         # Test switches that make the emulator misbehave: id_token_claims (set/None-remove claims),
         # id_token_header (set/None-remove header fields), id_token_alg (none, HS256-public, foreign-key,
-        # unpublished-kid, embedded-jwk), token_response ((status, body, type)), graph_me, graph_status,
+        # unpublished-kid, embedded-jwk, consumer-key: a key the JWKS then publishes under the consumer
+        # issuer), token_response ((status, body, type)), graph_me, graph_status,
         # timeout (URL prefixes), discovery (fields), jwks_extra_keys (appended), jwks_keys (replaces
         # the published keys entirely).
         self.faults: dict = {}
@@ -55,6 +57,7 @@ class Emulator:
             self.store.add_signing_key(kid, pem, cert, time.time(), only_if_empty=True)
         self.secret_key = self.store.get_or_set_meta("flask_secret_key",
                                                      lambda: secrets.token_hex(32))
+        self.max_content_length = max_content_length  # bodies beyond it are refused (413) unread
         self.wsgi = create_app(self)
 
     def now(self) -> float:

@@ -55,6 +55,7 @@ def create_app(emu: "Emulator") -> Flask:
         SESSION_COOKIE_SECURE=browser.scheme == "https",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        MAX_CONTENT_LENGTH=emu.max_content_length,
     )
     app.json.sort_keys = False  # Graph clients may rely on Graph's property order
     app.extensions["entra_emulator"] = emu
@@ -251,7 +252,7 @@ def jwks(tenant: str):
     if not known:
         return _invalid_tenant(tenant)
     emu = _emu()
-    doc = emu.keys.jwks(f"{emu.login_url}/{{tenantid}}/v2.0")
+    doc = emu.keys.jwks(emu.login_url, with_consumer=emu.faults.get("id_token_alg") == "consumer-key")
     if "jwks_keys" in emu.faults:
         doc["keys"] = list(emu.faults["jwks_keys"])
     doc["keys"] += list(emu.faults.get("jwks_extra_keys") or [])

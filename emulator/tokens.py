@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 GRAPH_AUDIENCE = "00000003-0000-0000-c000-000000000000"
+# Microsoft's common key set also publishes keys for personal accounts, under the consumer tenant's issuer.
+CONSUMER_TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"
 
 
 def b64url(data: bytes) -> str:
@@ -59,6 +61,7 @@ class KeyRing:
         self.store = store
         self._parsed: dict[str, tuple] = {}
         self._lock = threading.Lock()
+        self._consumer: tuple[str, rsa.RSAPrivateKey, x509.Certificate] | None = None
 
     def _load(self, kid: str, private_pem: str, cert_pem: str) -> tuple:
         with self._lock:
@@ -80,17 +83,29 @@ class KeyRing:
     def public_key(self, kid: str):
         return next((k.public_key() for k_id, k, _ in self.keys() if k_id == kid), None)
 
-    def jwks(self, issuer: str = "https://login.microsoftonline.com/{tenantid}/v2.0") -> dict:
-        out = []
-        for kid, key, cert in self.keys():
-            numbers = key.public_key().public_numbers()
-            der = cert.public_bytes(serialization.Encoding.DER)
-            out.append({"kty": "RSA", "use": "sig", "kid": kid,
-                        "x5t": b64url(hashlib.sha1(der).digest()),
-                        "n": _int_b64(numbers.n), "e": _int_b64(numbers.e),
-                        "x5c": [base64.b64encode(der).decode()],
-                        "issuer": issuer})
+    def consumer(self) -> tuple[str, rsa.RSAPrivateKey, x509.Certificate]:
+        """A key for personal accounts (made once per process, for the `consumer-key` fault)."""
+        with self._lock:
+            if self._consumer is None:
+                kid, pem, cert = new_signing_key()
+                self._consumer = (kid, serialization.load_pem_private_key(pem.encode(), None),
+                                  x509.load_pem_x509_certificate(cert.encode()))
+            return self._consumer
+
+    def jwks(self, login_url: str = "https://login.microsoftonline.com", *, with_consumer: bool = False) -> dict:
+        """The published keys, each with its issuer; `with_consumer` adds the personal-account key."""
+        out = [_jwk(kid, key, cert, f"{login_url}/{{tenantid}}/v2.0") for kid, key, cert in self.keys()]
+        if with_consumer:
+            out.append(_jwk(*self.consumer(), f"{login_url}/{CONSUMER_TENANT}/v2.0"))
         return {"keys": out}
+
+
+def _jwk(kid: str, key: rsa.RSAPrivateKey, cert: x509.Certificate, issuer: str) -> dict:
+    numbers = key.public_key().public_numbers()
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return {"kty": "RSA", "use": "sig", "kid": kid, "x5t": b64url(hashlib.sha1(der).digest()),
+            "n": _int_b64(numbers.n), "e": _int_b64(numbers.e), "x5c": [base64.b64encode(der).decode()],
+            "issuer": issuer}
 
 
 def encode_jws(header: dict, claims: dict, sign) -> str:
@@ -127,6 +142,10 @@ def sign_token(ring: KeyRing, claims: dict, *, header_changes: dict | None = Non
         numbers = foreign.public_key().public_numbers()
         header["jwk"] = {"kty": "RSA", "n": _int_b64(numbers.n), "e": _int_b64(numbers.e)}
         signer = rs256(foreign)
+    elif alg_fault == "consumer-key":
+        kid, consumer, _ = ring.consumer()  # published, but under the consumer issuer
+        header["kid"] = kid
+        signer = rs256(consumer)
     elif alg_fault == "unpublished-kid":
         signer = rs256(new_rsa_key())
         header["kid"] = b64url(secrets.token_bytes(20))
