@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -239,7 +240,7 @@ def test_a_bad_database_url_is_one_line_without_its_password(tmp_path):
 
 
 def test_a_bad_setting_is_one_line_for_every_command(tmp_path):
-    for args in (["audit", "--org", "Acme"], ["init-db"], ["db", "upgrade"], ["demo", "--no-serve"], ["run"]):
+    for args in (["audit", "--org", "Acme"], ["db", "upgrade"], ["run"]):
         line = one_error_line(flask(tmp_path, *args, env=settings(FLASK_RATELIMIT_ENABLED="off")))
         assert line.startswith("Error: RATELIMIT_ENABLED must be true or false"), args
 
@@ -310,3 +311,16 @@ def test_check_config_refuses_an_authority_naming_another_issuer(tmp_path):
                              " names the issuer https://login.microsoftonline.com/{tenantid}/v2.0, not "
                              "https://login.impostor.example/{tenantid}/v2.0. Check ENTRA_AUTHORITY "
                              "(https://login.impostor.example/organizations).\n")
+
+
+def test_config_example_lists_every_setting_with_its_default():
+    import configuration
+
+    path = os.path.join(ROOT, "instance", "config.example.py")
+    lines = open(path, encoding="utf-8").read().splitlines()
+    settings_text = "\n".join(line[2:] for line in lines if re.match(r"# [A-Z_]+ = ", line))
+    example: dict = {}
+    exec(settings_text, {}, example)
+    defaults = configuration.defaults()
+    assert set(defaults) | {"SERVER_NAME", "TRUSTED_HOSTS", "DEBUG"} <= set(example)
+    assert {k: example[k] for k in defaults} == defaults
