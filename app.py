@@ -146,16 +146,14 @@ DEMO_REMOTE_REFUSED = (
 
 
 def _wire_demo_loopback_only(app: Flask) -> None:
-    """Demo mode: refuse requests whose socket peer, or any address a proxy forwarded, is not loopback.
+    """Demo mode: refuse requests whose socket peer is not loopback.
 
-    gunicorn does not tell the app where it is bound, so this runs on each request, outermost (before ProxyFix),
-    and covers the emulator's pages under /_entra too."""
+    gunicorn does not tell the app where it is bound, so this runs on each request, outermost (the peer before
+    ProxyFix), and covers the emulator's pages under /_entra too."""
     inner = app.wsgi_app
 
     def loopback_only(environ, start_response):
-        forwarded = environ.get("HTTP_X_FORWARDED_FOR", "")
-        peers = [environ.get("REMOTE_ADDR", "")] + [a.strip() for a in forwarded.split(",") if a.strip()]
-        if all(configuration.is_loopback(a) for a in peers):
+        if configuration.is_loopback(environ.get("REMOTE_ADDR", "")):
             return inner(environ, start_response)
         log.warning("Demo mode refused a request from a non-loopback address")
         body = DEMO_REMOTE_REFUSED.encode()

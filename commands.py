@@ -59,8 +59,10 @@ def describe_failure(e: BaseException) -> str | None:
                 "postgresql+psycopg://portal:PASSWORD@host/portal or sqlite:////path/to/portal.sqlite.")
     if isinstance(e, sa.exc.DBAPIError):
         reason = str(e.orig).strip().splitlines()[0][:200] if str(e.orig).strip() else type(e.orig).__name__
-        if "no such table" in reason or getattr(e.orig, "sqlstate", None) == "42P01":
-            return "The database has no portal tables yet: run `flask --app app db upgrade` first."
+        if "no such table" in reason or "no such column" in reason or getattr(e.orig, "sqlstate", None) in (
+                "42P01", "42703"):  # undefined table / column
+            return ("The database's tables are missing or older than this portal: run `flask --app app db upgrade` "
+                    "first.")
         if isinstance(e, (sa.exc.OperationalError, sa.exc.InterfaceError)):
             return (f"The database cannot be reached ({reason}): check SQLALCHEMY_DATABASE_URI and that the "
                     "database server is running.")
