@@ -16,6 +16,7 @@ import accounts
 import configuration
 import entra
 import vault
+from models import db
 
 DEMO_PASSWORD = "northwind-demo-password"
 DEMO_ORGS = (
@@ -180,6 +181,9 @@ def check_config() -> None:
         click.echo(f"Problem: {problem}")
     if found:
         raise click.ClickException(f"{len(found)} problem(s) with the settings; fix them and run check-config again.")
+    if not _schema_is_current():
+        raise click.ClickException("The database's tables are missing or older than this portal: run "
+                                   "`flask --app app db upgrade`, then check-config again.")
     client = entra.client()
     try:
         issuer = client.discovery()["issuer"]
@@ -196,6 +200,16 @@ def check_config() -> None:
         front_channel = None  # no such route in this version
     if front_channel:
         click.echo(f"Front-channel logout URL: {front_channel}")
+
+
+def _schema_is_current() -> bool:
+    """Whether the database is at the newest migration (Alembic's heads)."""
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    with db.engine.connect() as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+    return current == set(ScriptDirectory(accounts.MIGRATIONS).get_heads())
 
 
 @click.command("demo")

@@ -15,6 +15,7 @@ import entra
 import vault
 from app import ConfigError, create_app
 from helpers import TEST_KEY
+from models import db
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL = {"SECRET_KEY": "s" * 40, "ENTRA_CLIENT_ID": "11111111-1111-1111-1111-111111111111",
@@ -263,17 +264,25 @@ def test_check_config_in_demo_mode_reads_the_emulators_discovery(runner):
     assert "Front-channel logout" not in result.output  # no such route yet
 
 
-def _production_app(tmp_path, **config):
+def _production_app(tmp_path, *, upgrade: bool = True, **config):
+    """A production configuration whose Microsoft is the emulator, mounted on the portal's session as tests do."""
     from emulator import Emulator
 
     app = create_app({**REAL, **config}, instance_path=str(tmp_path / "instance"))
     emulator = Emulator(str(tmp_path / "emulator"), browser_url="https://login.microsoftonline.com", clients={})
     emulator.mount(entra.get_http(app))
+    if upgrade:
+        assert app.test_cli_runner().invoke(args=["db", "upgrade"]).exit_code == 0
     return app
 
 
-def test_check_config_in_production_against_the_emulator(tmp_path):
-    app = _production_app(tmp_path)
+def test_check_config_in_production_against_the_emulator(tmp_path, database_uri):
+    app = _production_app(tmp_path, upgrade=False, SQLALCHEMY_DATABASE_URI=database_uri)
+    result = app.test_cli_runner().invoke(args=["check-config"])
+    assert result.exit_code == 1 and result.output == (
+        "Error: The database's tables are missing or older than this portal: run `flask --app app db upgrade`, "
+        "then check-config again.\n")
+    assert app.test_cli_runner().invoke(args=["db", "upgrade"]).exit_code == 0
     app.add_url_rule("/auth/front-channel-logout", endpoint="auth.front_channel_logout", view_func=lambda: "")
     result = app.test_cli_runner().invoke(args=["check-config"])
     assert result.exit_code == 0, result.output
@@ -282,6 +291,8 @@ def test_check_config_in_production_against_the_emulator(tmp_path):
                          "  https://portal.example.com/auth/callback",
                          "  https://portal.example.com/auth/admin-consent/callback",
                          "Front-channel logout URL: https://portal.example.com/auth/front-channel-logout"]
+    with app.app_context():
+        db.engine.dispose()  # before the test's schema goes
 
 
 def test_check_config_refuses_an_authority_that_does_not_answer(tmp_path):
