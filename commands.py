@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 
 import click
@@ -185,10 +186,14 @@ def check_config() -> None:
         raise click.ClickException("The database's tables are missing or older than this portal: run "
                                    "`flask --app app db upgrade`, then check-config again.")
     client = entra.client()
+    quiet = logging.NullHandler()  # the Error line says what the log would; handlers an operator set still get it
+    entra.log.addHandler(quiet)
     try:
         issuer = client.discovery()["issuer"]
     except entra.EntraError as e:
         raise click.ClickException(f"{e.detail or e.message} Check ENTRA_AUTHORITY ({client.authority}).") from None
+    finally:
+        entra.log.removeHandler(quiet)
     click.echo(f"Settings: complete. Discovery: {client.authority}{entra.DISCOVERY_PATH} names the expected "
                f"issuer {issuer}.")
     click.echo("Register these redirect URIs (platform: Web) in the app registration:")

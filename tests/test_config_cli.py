@@ -343,3 +343,14 @@ def test_config_example_lists_every_setting_with_its_default():
     defaults = configuration.defaults()
     assert set(defaults) | {"SERVER_NAME", "TRUSTED_HOSTS", "DEBUG"} <= set(example)
     assert {k: example[k] for k in defaults} == defaults
+
+
+def test_check_config_with_the_real_cli_and_an_authority_that_does_not_answer(tmp_path):
+    port = _free_port()
+    env = settings(FLASK_ENTRA_AUTHORITY=f"https://127.0.0.1:{port}/organizations", FLASK_ENTRA_TIMEOUT="3")
+    assert flask(tmp_path, "db", "upgrade", env=env).returncode == 0
+    result = flask(tmp_path, "check-config", env=env)
+    assert one_error_line(result) == (f"Error: https://127.0.0.1:{port}/organizations/v2.0/.well-known/openid-"
+                                      "configuration could not be reached (ConnectionError). Check ENTRA_AUTHORITY "
+                                      f"(https://127.0.0.1:{port}/organizations).")
+    assert result.stdout == ""
