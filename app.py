@@ -29,7 +29,6 @@ DEMO_CLIENT_ID = "5f0d1c2e-0000-4000-8000-00000000d3e0"
 # What the sign-in throttles count: the login prompt, password step, "Continue to Microsoft", callbacks.
 SIGN_IN_ENDPOINTS = {("auth.login", "POST"), ("auth.password", "POST"), ("auth.sso_start", "POST"),
                      ("auth.callback", "GET"), ("auth.admin_consent_callback", "GET")}
-DEFAULT_AUTHORITY = configuration.DEFAULT_AUTHORITY
 ConfigError = configuration.ConfigError
 
 log = logging.getLogger(__name__)
