@@ -8,7 +8,9 @@ from datetime import timedelta
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+import click
 from flask import Flask, render_template, request
+from flask.cli import FlaskGroup
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect, same_origin
@@ -17,70 +19,46 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import accounts
 import commands
+import configuration
 import entra
 import throttles
 from blueprints import auth, home, profile, settings
 
-DEFAULT_AUTHORITY = "https://login.microsoftonline.com/organizations"
 # Demo mode's app registration in the emulator; never valid at Microsoft.
 DEMO_CLIENT_ID = "5f0d1c2e-0000-4000-8000-00000000d3e0"
 # What the sign-in throttles count: the login prompt, password step, "Continue to Microsoft", callbacks.
 SIGN_IN_ENDPOINTS = {("auth.login", "POST"), ("auth.password", "POST"), ("auth.sso_start", "POST"),
                      ("auth.callback", "GET"), ("auth.admin_consent_callback", "GET")}
-WEAK_SECRETS = {"dev", "secret", "changeme", "change-me", "development", "test"}
+ConfigError = configuration.ConfigError
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(RuntimeError):
-    """Start-up refused because the configuration is unsafe or incomplete."""
 
 
 def create_app(test_config: Mapping[str, Any] | None = None, *, instance_path: str | None = None) -> Flask:
     """Build the portal: defaults, then instance/config.py, then FLASK_* variables, then test_config."""
     app = Flask(__name__, instance_path=instance_path, instance_relative_config=True)
-    app.config.from_mapping(
-        SECRET_KEY=None,
-        SQLALCHEMY_DATABASE_URI=None,
-        ENTRA_CLIENT_ID=None,
-        ENTRA_CLIENT_SECRET=None,
-        ENTRA_AUTHORITY=DEFAULT_AUTHORITY,
-        GRAPH_ENDPOINT="https://graph.microsoft.com/v1.0",
-        ENTRA_TIMEOUT=10.0,
-        ENTRA_CA_BUNDLE=None,  # a PEM file of CAs for outbound calls instead of the system's (a staging emulator)
-        ENCRYPTION_KEYS=None,
-        ENCRYPTION_KEY_FILE=None,
-        DEMO_MODE=False,
-        SESSION_IDLE_MINUTES=30,
-        SESSION_MAX_HOURS=8,
-        SESSION_COOKIE_HTTPONLY=True,
-        SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_REFRESH_EACH_REQUEST=False,
-        MAX_CONTENT_LENGTH=64 * 1024,
-        WTF_CSRF_TIME_LIMIT=None,  # tokens live as long as the session
-        PREFERRED_URL_SCHEME="https",
-        # Behind a reverse proxy: how many proxies set X-Forwarded-For / -Proto (0 = trust none).
-        PROXY_FIX_X_FOR=0,
-        PROXY_FIX_X_PROTO=0,
-        # Sign-in throttles (Flask-Limiter syntax); clients are counted by IPv4 address or IPv6 /64, accounts by
-        # the normalised email, both only as keyed hashes. Per client: every sign-in request (login prompt,
-        # password step, "Continue to Microsoft", callbacks), generous enough for a company behind one NAT, and
-        # password steps alone. Per account and client: failed password checks only.
-        RATELIMIT_ENABLED=True,
-        RATELIMIT_STORAGE_URI=throttles.SCHEME + "://",  # the portal's database: every worker counts together
-        RATELIMIT_STRATEGY="moving-window",
-        RATELIMIT_HEADERS_ENABLED=True,
-        RATELIMIT_SIGN_IN_PER_IP="1000 per minute; 10000 per hour",
-        RATELIMIT_PASSWORD_PER_IP="60 per minute; 600 per hour",
-        RATELIMIT_SIGN_IN_PER_ACCOUNT="10 per minute; 100 per hour",
-    )
-    app.config.from_pyfile("config.py", silent=True)
-    app.config.from_prefixed_env()
-    if test_config is not None:
-        app.config.from_mapping(test_config)
+    configuration.load(app, test_config)
     os.makedirs(app.instance_path, exist_ok=True)
-    _finish_config(app)
+    try:
+        configuration.check(app)
+        _finish_config(app)
+        _build(app)
+    except Exception as e:
+        failure = commands.describe_failure(e)
+        if failure is None or click.get_current_context(silent=True) is None:
+            raise
+        if isinstance(click.get_current_context().command, FlaskGroup):
+            # `flask --app app --help`, `generate-key`, `check-config`... work before the portal is configured;
+            # the other commands print this one line.
+            return commands.unconfigured_app(app, failure)
+        raise click.ClickException(failure) from None  # `flask run`, `flask shell`: one line, exit 1
+    # The demo command serves an app whose SERVER_NAME follows its --host and --port.
+    app.extensions["portal_rebuild"] = lambda overrides: create_app({**(test_config or {}), **overrides},
+                                                                     instance_path=app.instance_path)
+    return app
 
+
+def _build(app: Flask) -> None:
     accounts.init_app(app)
     _wire_rate_limits(app)  # before CSRFProtect, so requests with a bad token count per IP too
     _wire_csrf(app)
@@ -93,58 +71,34 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, instance_path: s
     _register_error_pages(app)
     _register_security_headers(app)
     _wire_proxy_fix(app)
+    if app.config["DEMO_MODE"]:
+        _wire_demo_loopback_only(app)
     with app.app_context():
         accounts.startup_check(create=bool(app.config["DEMO_MODE"]))
-    return app
 
 
 def _finish_config(app: Flask) -> None:
-    """Fill derived settings and refuse to start on unsafe or missing ones."""
+    """Fill derived settings (the checks in configuration.py have passed)."""
     cfg = app.config
-    demo = bool(cfg["DEMO_MODE"])
+    demo = cfg["DEMO_MODE"]
     # A signed-in cookie lives as long as the longest session and is re-sent only when the session changes
     # (SESSION_REFRESH_EACH_REQUEST off): the server-side row enforces the idle and absolute timeouts.
     cfg["PERMANENT_SESSION_LIFETIME"] = timedelta(hours=float(cfg["SESSION_MAX_HOURS"]))
     if not cfg["SQLALCHEMY_DATABASE_URI"]:
         cfg["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + os.path.join(app.instance_path, "portal.sqlite")
-    secret = cfg["SECRET_KEY"]
-    if not secret and (demo or app.debug):
-        cfg["SECRET_KEY"] = _instance_secret(app, "secret_key")
-    elif not secret or len(str(secret)) < 32 or str(secret).lower() in WEAK_SECRETS:
-        raise ConfigError(
-            "SECRET_KEY is missing or weak: set FLASK_SECRET_KEY to at least 32 random characters, "
-            'e.g. python -c "import secrets; print(secrets.token_urlsafe(48))"'
-        )
     if demo:
-        if cfg["ENTRA_CLIENT_ID"] or cfg["ENTRA_CLIENT_SECRET"]:
-            raise ConfigError(
-                "DEMO_MODE is on while real Entra settings (ENTRA_CLIENT_ID/ENTRA_CLIENT_SECRET) are given: "
-                "choose one. Demo mode only talks to the built-in emulator."
-            )
-        if cfg["ENTRA_AUTHORITY"] != DEFAULT_AUTHORITY:
-            raise ConfigError("DEMO_MODE uses the default ENTRA_AUTHORITY; remove the setting or leave demo mode.")
+        # Only demo mode reuses a generated secret key; DEBUG relaxes nothing.
+        if not cfg["SECRET_KEY"]:
+            cfg["SECRET_KEY"] = _instance_secret(app, "secret_key")
         cfg["ENTRA_CLIENT_ID"] = DEMO_CLIENT_ID
         cfg["ENTRA_CLIENT_SECRET"] = _instance_secret(app, "demo_client_secret")
         if not cfg["SERVER_NAME"]:
             cfg["SERVER_NAME"] = "127.0.0.1:5000"
         cfg["PREFERRED_URL_SCHEME"] = "http"
-    elif not app.debug:
-        # Outside demo and debug the cookie is HTTPS-only and host-locked.
+    else:
+        # Outside demo mode the cookie is HTTPS-only and host-locked, debug or not.
         cfg["SESSION_COOKIE_SECURE"] = True
         cfg["SESSION_COOKIE_NAME"] = "__Host-portal_session"
-    bundle = cfg["ENTRA_CA_BUNDLE"]
-    if bundle and not os.path.isfile(bundle):
-        raise ConfigError(f"ENTRA_CA_BUNDLE is not a file: {bundle!r}. Give the path of a PEM file of CA certificates.")
-    if cfg["RATELIMIT_STORAGE_URI"].startswith(throttles.SCHEME + ":") and cfg["RATELIMIT_STRATEGY"] != "moving-window":
-        raise ConfigError(f"RATELIMIT_STORAGE_URI {throttles.SCHEME}:// counts with RATELIMIT_STRATEGY 'moving-window' "
-                          "only; remove the strategy setting or choose another storage (memory://, redis://...).")
-    if not demo:
-        missing = [k for k in ("ENTRA_CLIENT_ID", "ENTRA_CLIENT_SECRET", "SERVER_NAME") if not cfg.get(k)]
-        if missing:
-            raise ConfigError(
-                "Missing settings: " + ", ".join(missing) + ". Set them in instance/config.py or as FLASK_<NAME> "
-                "environment variables (see the README), or set FLASK_DEMO_MODE=1 to try the portal with the emulator."
-            )
 
 
 def _instance_secret(app: Flask, name: str) -> str:
@@ -183,6 +137,32 @@ def _wire_emulator(app: Flask) -> None:
     emu.mount(entra.get_http(app))
     app.extensions["entra_emulator"] = emu
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/_entra": emu.wsgi})
+
+
+DEMO_REMOTE_REFUSED = (
+    "This demo portal answers only on this computer (a loopback address): anyone who can reach it could pick "
+    "any account on the emulated Microsoft page, and the demo admin's password is in the README. Serve it on "
+    "127.0.0.1, or leave demo mode and configure a real Entra app registration.\n")
+
+
+def _wire_demo_loopback_only(app: Flask) -> None:
+    """Demo mode: refuse requests whose socket peer is not loopback.
+
+    gunicorn does not tell the app where it is bound, so this runs on each request, outermost (the peer before
+    ProxyFix), and covers the emulator's pages under /_entra too."""
+    inner = app.wsgi_app
+
+    def loopback_only(environ, start_response):
+        if configuration.is_loopback(environ.get("REMOTE_ADDR", "")):
+            return inner(environ, start_response)
+        log.warning("Demo mode refused a request from a non-loopback address")
+        body = DEMO_REMOTE_REFUSED.encode()
+        start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8"),
+                                         ("Content-Length", str(len(body))), ("Cache-Control", "no-store"),
+                                         ("X-Content-Type-Options", "nosniff")])
+        return [body]
+
+    app.wsgi_app = loopback_only
 
 
 def _wire_rate_limits(app: Flask) -> None:
@@ -231,7 +211,7 @@ def _register_security_headers(app: Flask) -> None:
     microsoft = "" if app.config["DEMO_MODE"] else f" {authority.scheme}://{authority.netloc}"
     csp = ("default-src 'self'; object-src 'none'; base-uri 'none'; "
            f"frame-ancestors 'none'; form-action 'self'{microsoft}")
-    hsts = not (app.debug or app.config["DEMO_MODE"]) and app.config["PREFERRED_URL_SCHEME"] == "https"
+    hsts = not app.config["DEMO_MODE"] and app.config["PREFERRED_URL_SCHEME"] == "https"
     # same-origin: our own form posts carry the Referer that Flask-WTF's HTTPS check needs (no-referrer made every
     # HTTPS POST fail); Microsoft and every other site still get no Referer at all.
     defaults = [("Content-Security-Policy", csp), ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),

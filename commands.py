@@ -1,15 +1,23 @@
 """The `flask --app app ...` commands for operators."""
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import sys
 
 import click
-from flask import Flask, current_app
-from flask.cli import with_appcontext
+import sqlalchemy as sa
+from flask import Flask, current_app, url_for
+from flask.cli import ScriptInfo, with_appcontext
+from flask_migrate.cli import db as migrate_commands
+from werkzeug.routing import BuildError
 
 import accounts
+import configuration
+import entra
 import vault
+from models import db
 
 DEMO_PASSWORD = "northwind-demo-password"
 DEMO_ORGS = (
@@ -18,10 +26,80 @@ DEMO_ORGS = (
 )
 
 
+# Commands that work before the portal is configured; every other one prints the configuration's problem.
+ANY_TIME = {"generate-key", "check-config"}
+
+
 def init_app(app: Flask) -> None:
     for command in (init_db, orgs, create_org, rename_org, add_domain, remove_domain, delete_org, create_admin,
-                    set_password, deactivate_sso, generate_key, demo, rotate_keys, sweep_sessions, audit):
+                    set_password, deactivate_sso, generate_key, check_config, demo, rotate_keys, sweep_sessions,
+                    audit):
         app.cli.add_command(command)
+    app.cli.add_command(migrate_commands)  # Flask-Migrate's `db` group, also when the portal is not configured
+    for command in app.cli.commands.values():
+        _one_line_errors(command)
+
+
+def unconfigured_app(configured: Flask, failure: str) -> Flask:
+    """An app that only lists the commands: `--help`, generate-key and check-config work, the rest print `failure`."""
+    app = Flask(configured.import_name, instance_path=configured.instance_path, instance_relative_config=True)
+    app.config.update(configured.config)
+    app.extensions["config_problems"] = configured.extensions.get("config_problems", [])
+    app.extensions["portal_unconfigured"] = failure
+    init_app(app)
+    return app
+
+
+def describe_failure(e: BaseException) -> str | None:
+    """One line for a configuration, key or database failure, naming the fix; None for anything else (a bug)."""
+    if isinstance(e, configuration.ConfigError):
+        return str(e)
+    if isinstance(e, vault.KeyConfigError):
+        text = str(e)
+        return text if text.startswith("ENCRYPTION_KEYS") else f"Encryption keys: {text}."
+    if isinstance(e, sa.exc.ArgumentError):  # the value itself may hold a password: not repeated
+        return ("SQLALCHEMY_DATABASE_URI is not a database URL the portal can use: set it like "
+                "postgresql+psycopg://portal:PASSWORD@host/portal or sqlite:////path/to/portal.sqlite.")
+    if isinstance(e, sa.exc.DBAPIError):
+        reason = str(e.orig).strip().splitlines()[0][:200] if str(e.orig).strip() else type(e.orig).__name__
+        if "no such table" in reason or "no such column" in reason or getattr(e.orig, "sqlstate", None) in (
+                "42P01", "42703"):  # undefined table / column
+            return ("The database's tables are missing or older than this portal: run `flask --app app db upgrade` "
+                    "first.")
+        if isinstance(e, (sa.exc.OperationalError, sa.exc.InterfaceError)):
+            return (f"The database cannot be reached ({reason}): check SQLALCHEMY_DATABASE_URI and that the "
+                    "database server is running.")
+    return None
+
+
+def _one_line_errors(command: click.Command) -> None:
+    """Turn configuration, key and database failures into one `Error: ...` line and exit code 1."""
+    for sub in getattr(command, "commands", {}).values():
+        _one_line_errors(sub)
+    inner = command.callback
+    if inner is None or getattr(inner, "_one_line", False):
+        return
+
+    @functools.wraps(inner)
+    def callback(*args, **kwargs):
+        ctx = click.get_current_context()
+        info = ctx.find_object(ScriptInfo)
+        app = info.load_app() if info is not None else current_app
+        failure = app.extensions.get("portal_unconfigured")
+        if failure and command.name not in ANY_TIME:
+            raise click.ClickException(failure)
+        try:
+            return inner(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except Exception as e:
+            failure = describe_failure(e)
+            if failure is None:
+                raise
+            raise click.ClickException(failure) from None
+
+    callback._one_line = True  # type: ignore[attr-defined]
+    command.callback = callback
 
 
 def _fail(e: Exception) -> None:
@@ -181,10 +259,57 @@ def deactivate_sso(org_name: str) -> None:
 
 
 @click.command("generate-key")
-@with_appcontext
 def generate_key() -> None:
     """Print a new encryption key for ENCRYPTION_KEYS."""
     click.echo(vault.generate_key())
+
+
+@click.command("check-config")
+@with_appcontext
+def check_config() -> None:
+    """Check every setting, then the authority's discovery document; print the URLs to register at Microsoft."""
+    app = current_app._get_current_object()
+    found = list(app.extensions.get("config_problems", []))
+    failure = app.extensions.get("portal_unconfigured")
+    if failure and not found:
+        found.append(failure)  # the settings are complete, but the database or the keys failed
+    for problem in found:
+        click.echo(f"Problem: {problem}")
+    if found:
+        raise click.ClickException(f"{len(found)} problem(s) with the settings; fix them and run check-config again.")
+    if not _schema_is_current():
+        raise click.ClickException("The database's tables are missing or older than this portal: run "
+                                   "`flask --app app db upgrade`, then check-config again.")
+    client = entra.client()
+    quiet = logging.NullHandler()  # the Error line says what the log would; handlers an operator set still get it
+    entra.log.addHandler(quiet)
+    try:
+        issuer = client.discovery()["issuer"]
+    except entra.EntraError as e:
+        raise click.ClickException(f"{e.detail or e.message} Check ENTRA_AUTHORITY ({client.authority}).") from None
+    finally:
+        entra.log.removeHandler(quiet)
+    click.echo(f"Settings: complete. Discovery: {client.authority}{entra.DISCOVERY_PATH} names the expected "
+               f"issuer {issuer}.")
+    click.echo("Register these redirect URIs (platform: Web) in the app registration:")
+    click.echo(f"  {client.redirect_uri}")
+    click.echo(f"  {client.admin_consent_redirect_uri}")
+    try:
+        front_channel = url_for("auth.front_channel_logout", _external=True)
+    except BuildError:
+        front_channel = None  # no such route in this version
+    if front_channel:
+        click.echo(f"Front-channel logout URL: {front_channel}")
+
+
+def _schema_is_current() -> bool:
+    """Whether the database is at the newest migration (Alembic's heads)."""
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    with db.engine.connect() as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+    return current == set(ScriptDirectory(accounts.MIGRATIONS).get_heads())
 
 
 @click.command("demo")
@@ -193,23 +318,34 @@ def generate_key() -> None:
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--no-serve", is_flag=True, help="Only create the demo data.")
 def demo(host: str, port: int, no_serve: bool) -> None:
-    """Create the demo organisations and admins, then serve the portal."""
+    """Create the demo organisations and admins, then serve the portal (on this computer only)."""
     if not current_app.config["DEMO_MODE"]:
         raise click.ClickException("The demo needs demo mode: run it with FLASK_DEMO_MODE=1.")
-    accounts.ensure_schema()
-    for name, domain, email in DEMO_ORGS:
-        try:
-            accounts.get_organization(name)
-        except accounts.PortalError:
-            accounts.create_organization(name, [domain])
-            accounts.create_local_user(email, name, DEMO_PASSWORD, role="admin", break_glass=True)
-    click.echo("Demo data ready. Open http://%s:%d/login and sign in as admin@northwind.example "
-               "with the password %s." % (host, port, DEMO_PASSWORD))
+    if not configuration.is_loopback(host):
+        raise click.ClickException(
+            f"The demo serves only this computer (--host 127.0.0.1, ::1 or localhost), not {host}: anyone who could "
+            "reach it could pick any account on the emulated Microsoft page, and the demo admin's password is in "
+            "the README.")
+    app = current_app._get_current_object()
+    server_name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if not no_serve and app.config["SERVER_NAME"] != server_name:
+        # The redirect URIs and the emulator's pages are built from SERVER_NAME when the app is made.
+        app = app.extensions["portal_rebuild"]({"SERVER_NAME": server_name})
+    with app.app_context():
+        accounts.ensure_schema()
+        for name, domain, email in DEMO_ORGS:
+            try:
+                accounts.get_organization(name)
+            except accounts.PortalError:
+                accounts.create_organization(name, [domain])
+                accounts.create_local_user(email, name, DEMO_PASSWORD, role="admin", break_glass=True)
+    click.echo("Demo data ready. Open http://%s/login and sign in as admin@northwind.example "
+               "with the password %s." % (server_name, DEMO_PASSWORD))
     click.echo("Then: Settings → SECURITY → Activate SSO, and sign in at the emulated Microsoft page.")
     if not no_serve:
         from werkzeug.serving import run_simple
 
-        run_simple(host, port, current_app._get_current_object(), threaded=True)
+        run_simple(host, port, app, threaded=True)
 
 
 @click.command("rotate-keys")

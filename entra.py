@@ -50,10 +50,11 @@ class EntraError(Exception):
     """Sign-in or consent could not finish; carries what the error page says and a code for the audit log."""
 
     def __init__(self, reason: str, message: str, *, status: int = 401, title: str = "Sign-in with Microsoft failed",
-                 hint: str | None = None, code: str | None = None):
+                 hint: str | None = None, code: str | None = None, detail: str | None = None):
         super().__init__(message)
-        self.reason, self.message, self.status, self.title, self.hint, self.code = (
-            reason, message, status, title, hint, code)
+        # `detail` is for the operator (check-config, the log), never for the page.
+        self.reason, self.message, self.status, self.title, self.hint, self.code, self.detail = (
+            reason, message, status, title, hint, code, detail)
 
 
 @dataclass
@@ -231,11 +232,13 @@ class EntraClient:
             return self.http.get(url, **kwargs)
         except requests.Timeout:
             raise EntraError("upstream_timeout", f"Microsoft did not answer in time ({what}).", status=504,
-                             title="Microsoft is not answering", hint="Try again in a minute.") from None
+                             title="Microsoft is not answering", hint="Try again in a minute.",
+                             detail=f"{url} did not answer within {self.http.default_timeout:g} s.") from None
         except requests.RequestException as e:
             log.warning("Outbound %s failed: %s", what, type(e).__name__)
             raise EntraError("upstream_unreachable", f"Microsoft could not be reached ({what}).", status=502,
-                             title="Microsoft could not be reached", hint="Try again in a minute.") from None
+                             title="Microsoft could not be reached", hint="Try again in a minute.",
+                             detail=f"{url} could not be reached ({type(e).__name__}).") from None
 
     def _msal_app(self) -> msal.ConfidentialClientApplication:
         self.discovery()  # checked first, then MSAL reads the same document (one fetch per process)
@@ -271,7 +274,8 @@ class EntraClient:
             if not isinstance(doc, dict) or not all(isinstance(doc.get(k), str) for k in
                                                     ("issuer", "jwks_uri", "authorization_endpoint")):
                 raise EntraError("bad_discovery", "Microsoft's sign-in configuration could not be read.",
-                                 status=502, title="Microsoft could not be reached")
+                                 status=502, title="Microsoft could not be reached",
+                                 detail=f"{url} answered HTTP {resp.status_code} without an OpenID configuration.")
             host = urlsplit(self.authority).netloc
             tenant = urlsplit(self.authority).path.strip("/")
             allowed = {f"https://{host}/{{tenantid}}/v2.0"} if tenant in ("organizations", "common") else None
@@ -279,9 +283,11 @@ class EntraClient:
             if (allowed is not None and issuer not in allowed) or (
                     allowed is None and not re.fullmatch(rf"https://{re.escape(host)}/[0-9a-f-]{{36}}/v2\.0", issuer)):
                 log.error("Discovery issuer does not match the authority %s", self.authority)
+                expected = next(iter(allowed)) if allowed else f"https://{host}/<tenant id>/v2.0"
                 raise EntraError("bad_discovery", "Microsoft's sign-in configuration does not match this portal's.",
                                  status=502, title="Sign-in configuration mismatch",
-                                 hint="The operator should check ENTRA_AUTHORITY.")
+                                 hint="The operator should check ENTRA_AUTHORITY.",
+                                 detail=f"{url} names the issuer {issuer[:200]}, not {expected}.")
             self.http.keep(url, resp)
             self._discovery = doc
         return self._discovery

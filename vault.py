@@ -379,7 +379,7 @@ def init_app(app: Flask) -> None:
     """Store a Vault from ENCRYPTION_KEYS, ENCRYPTION_KEY_FILE or (demo only) a generated file."""
     configured = app.config.get("ENCRYPTION_KEYS")
     key_file = app.config.get("ENCRYPTION_KEY_FILE")
-    if _is_set(configured):
+    if is_set(configured):
         # ENCRYPTION_KEYS wins over ENCRYPTION_KEY_FILE: the environment is the operator's override.
         keys = parse_keys(configured)
     elif key_file:
@@ -387,14 +387,18 @@ def init_app(app: Flask) -> None:
     elif app.config.get("DEMO_MODE"):
         keys = _demo_keys(app)
     else:
-        raise KeyConfigError(
-            "ENCRYPTION_KEYS is not set: generate one with `flask --app app generate-key` and set"
-            " FLASK_ENCRYPTION_KEYS (or ENCRYPTION_KEY_FILE to a mode-0600 file of keys)"
-        )
+        missing_keys()
     app.extensions["vault"] = Vault(keys)
 
 
-def _is_set(value: Any) -> bool:
+def missing_keys() -> None:
+    raise KeyConfigError(
+        "ENCRYPTION_KEYS is not set: generate one with `flask --app app generate-key` and set"
+        " FLASK_ENCRYPTION_KEYS (or ENCRYPTION_KEY_FILE to a mode-0600 file of keys)"
+    )
+
+
+def is_set(value: Any) -> bool:
     if value is None:
         return False
     if isinstance(value, str):
