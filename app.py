@@ -21,7 +21,6 @@ import accounts
 import commands
 import configuration
 import entra
-import throttles
 from blueprints import auth, home, profile, settings
 
 # Demo mode's app registration in the emulator; never valid at Microsoft.

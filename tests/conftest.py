@@ -48,9 +48,15 @@ def database_uri(request, tmp_path):
 
 
 @pytest.fixture
-def app(tmp_path, database_uri):
+def app_config():
+    """Extra settings for the test's demo portal; a test module overrides this fixture to change them."""
+    return {}
+
+
+@pytest.fixture
+def app(tmp_path, database_uri, app_config):
     config = {"TESTING": True, "DEMO_MODE": True, "SERVER_NAME": "portal.test", "SECRET_KEY": "t" * 48,
-              "ENCRYPTION_KEYS": [TEST_KEY]}
+              "ENCRYPTION_KEYS": [TEST_KEY], **app_config}
     if database_uri:
         config["SQLALCHEMY_DATABASE_URI"] = database_uri
     app = create_app(config, instance_path=str(tmp_path / "instance"))
