@@ -1,12 +1,13 @@
 """The application factory: configuration layers, extensions, blueprints, CLI and error pages."""
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import secrets
 from datetime import timedelta
 from typing import Any, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from flask import Flask, render_template, request
 from flask_limiter import Limiter
@@ -14,6 +15,7 @@ from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.utils import redirect
 
 import accounts
 import commands
@@ -82,6 +84,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, instance_path: s
     CSRFProtect(app)
     if app.config["DEMO_MODE"]:
         _wire_emulator(app)
+        _wire_demo_host(app)
 
     for bp in (home.bp, auth.bp, settings.bp, profile.bp):
         app.register_blueprint(bp)
@@ -175,6 +178,41 @@ def _wire_emulator(app: Flask) -> None:
     emu.mount(entra.get_http(app))
     app.extensions["entra_emulator"] = emu
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/_entra": emu.wsgi})
+
+
+def _is_loopback_name(host: str) -> bool:
+    """localhost, *.localhost, 127.0.0.0/8 or ::1 (a Host header without its port)."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost") or host == "[::1]":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _wire_demo_host(app: Flask) -> None:
+    """Demo mode: send a request for another loopback name (localhost, [::1]) to the same path on SERVER_NAME.
+
+    The sign-in cookie and Microsoft's redirect URI belong to SERVER_NAME; on another host name the login form
+    would be redirected there and the page's form-action 'self' would silently block the hop.
+    """
+    server_name = app.config["SERVER_NAME"]
+    base = f"{app.config['PREFERRED_URL_SCHEME']}://{server_name}"
+    inner = app.wsgi_app
+
+    def redirect_loopback(environ, start_response):
+        host = environ.get("HTTP_HOST", "")
+        name = host.rpartition(":")[0] if host.rfind(":") > host.rfind("]") else host
+        if host.lower() != server_name.lower() and _is_loopback_name(name):
+            path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")  # WSGI: latin-1 decoded bytes
+            location = base + quote(path.encode("latin-1"), safe="/%:@!$&'()*+,;=-._~")
+            if environ.get("QUERY_STRING"):
+                location += "?" + environ["QUERY_STRING"]
+            return redirect(location, 307)(environ, start_response)
+        return inner(environ, start_response)
+
+    app.wsgi_app = redirect_loopback
 
 
 def _wire_rate_limits(app: Flask) -> None:
