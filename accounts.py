@@ -247,7 +247,7 @@ def create_local_user(email: str, org_name: str, password: str, *, role: str = "
     email = normalise_email(email)
     org = get_organization(org_name)
     if email.rpartition("@")[2] not in {d.name for d in org.domains}:
-        raise InvalidInput(f"{email.rpartition('@')[2]} is not one of {org.name}'s domains.")
+        raise InvalidInput(f"{email.rpartition('@')[2]} is not one of the domains of {org.name}.")
     if len(password or "") < 12:
         raise InvalidInput("A password needs at least 12 characters.")
     if users_by_email(email):
@@ -581,7 +581,7 @@ def _activate_sso(org: Organization, result: entra.SignIn, actor: User | None, p
     if not _org_emails(org, result):
         raise NotAllowed(
             "The Microsoft account you signed in with does not have a verified email in one of "
-            f"{org.name}'s domains, so it cannot prove the tenant belongs to {org.name}. Nothing was changed.",
+            f"the domains of {org.name}, so it cannot prove the tenant belongs to {org.name}. Nothing was changed.",
             title="Account does not match the organisation",
             hint="Sign in with your work account whose email ends in one of the organisation's domains.")
     holder = _user_by_identity(result.tenant_id, result.object_id)
