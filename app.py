@@ -71,6 +71,11 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, instance_path: s
         RATELIMIT_HEADERS_ENABLED=True,
         RATELIMIT_SIGN_IN_PER_IP="60 per minute; 600 per hour",
         RATELIMIT_SIGN_IN_PER_ACCOUNT="10 per minute; 100 per hour",
+        # The portal's own name and links (header, titles, consent explanation, footer).
+        PORTAL_NAME="Customer Portal",
+        PORTAL_LOGO=None,  # a file name in instance/ (.png, .svg, .jpg, .webp), served at /logo
+        SUPPORT_URL=None,
+        PRIVACY_URL=None,
     )
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env()
@@ -131,6 +136,7 @@ def _finish_config(app: Flask) -> None:
         # Outside demo and debug the cookie is HTTPS-only and host-locked.
         cfg["SESSION_COOKIE_SECURE"] = True
         cfg["SESSION_COOKIE_NAME"] = "__Host-portal_session"
+    _check_branding(app)
     if cfg["RATELIMIT_STORAGE_URI"].startswith(throttles.SCHEME + ":") and cfg["RATELIMIT_STRATEGY"] != "moving-window":
         raise ConfigError(f"RATELIMIT_STORAGE_URI {throttles.SCHEME}:// counts with RATELIMIT_STRATEGY 'moving-window' "
                           "only; remove the strategy setting or choose another storage (memory://, redis://...).")
@@ -141,6 +147,34 @@ def _finish_config(app: Flask) -> None:
                 "Missing settings: " + ", ".join(missing) + ". Set them in instance/config.py or as FLASK_<NAME> "
                 "environment variables (see the README), or set FLASK_DEMO_MODE=1 to try the portal with the emulator."
             )
+
+
+LOGO_TYPES = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+              ".webp": "image/webp"}
+
+
+def _check_branding(app: Flask) -> None:
+    """PORTAL_NAME, PORTAL_LOGO, SUPPORT_URL and PRIVACY_URL: refuse values that would break or endanger pages."""
+    cfg = app.config
+    name = cfg["PORTAL_NAME"]
+    if not isinstance(name, str) or not name.strip() or len(name) > 80 or not name.isprintable():
+        raise ConfigError("PORTAL_NAME is 1 to 80 printable characters, e.g. 'Contoso Customer Portal'.")
+    cfg["PORTAL_NAME"] = name.strip()
+    logo = cfg["PORTAL_LOGO"]
+    if logo:
+        path = os.path.join(app.instance_path, str(logo))
+        if os.path.basename(str(logo)) != logo or os.path.splitext(logo)[1].lower() not in LOGO_TYPES:
+            raise ConfigError("PORTAL_LOGO names a file in the instance folder (no path), ending in "
+                              + ", ".join(LOGO_TYPES) + f": got {logo!r}.")
+        if not os.path.isfile(path):
+            raise ConfigError(f"PORTAL_LOGO: {path} does not exist; put the logo there or remove the setting.")
+    for key, schemes in (("SUPPORT_URL", ("https", "http", "mailto")), ("PRIVACY_URL", ("https", "http"))):
+        value = cfg[key]
+        if value and (not isinstance(value, str) or urlsplit(value).scheme.lower() not in schemes
+                      or any(c.isspace() or ord(c) < 32 for c in value)
+                      or (urlsplit(value).scheme.lower() != "mailto" and not urlsplit(value).netloc)):
+            raise ConfigError(f"{key} is a full {' or '.join(s + ':' for s in schemes)} address, "
+                              f"e.g. https://example.com/{'support' if key == 'SUPPORT_URL' else 'privacy'}: got {value!r}.")
 
 
 def _instance_secret(app: Flask, name: str) -> str:
@@ -171,7 +205,7 @@ def _wire_emulator(app: Flask) -> None:
             app.config["ENTRA_CLIENT_ID"]: {
                 "secret": app.config["ENTRA_CLIENT_SECRET"],
                 "redirect_uris": [base + entra.CALLBACK_PATH, base + entra.ADMIN_CONSENT_CALLBACK_PATH],
-                "name": "Customer Portal (demo)",
+                "name": app.config["PORTAL_NAME"] + " (demo)",
             }
         },
     )
