@@ -8,25 +8,29 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from wtforms import EmailField, HiddenField, PasswordField
-from wtforms.validators import InputRequired, Length
+from wtforms.validators import DataRequired, InputRequired, Length
 
 import accounts
 
 bp = Blueprint("auth", __name__)
 
 
-EMAIL_CHECKS = [InputRequired("Enter your email address."),
+EMAIL_CHECKS = [DataRequired("Enter your email address."),
                 Length(max=accounts.MAX_EMAIL, message="This is too long for an email address: enter one of at most "
                                                        f"{accounts.MAX_EMAIL} characters.")]
 
 
+def _strip(value):
+    return value.strip() if isinstance(value, str) else value
+
+
 class EmailForm(FlaskForm):
-    email = EmailField("Email", validators=EMAIL_CHECKS)
+    email = EmailField("Email", filters=[_strip], validators=EMAIL_CHECKS)
     next = HiddenField()
 
 
 class PasswordForm(FlaskForm):
-    email = EmailField("Email", validators=EMAIL_CHECKS)
+    email = EmailField("Email", filters=[_strip], validators=EMAIL_CHECKS)
     password = PasswordField("Password", validators=[InputRequired("Enter your password."),
                                                      Length(max=1024, message="This is too long for a password: enter one of at most 1,024 characters.")])
     next = HiddenField()
