@@ -1113,7 +1113,17 @@ class AuditEntry:
 
     @property
     def detail_label(self) -> str:
-        return AUDIT_DETAILS.get(self.detail, self.detail)
+        """The detail in words: known codes from AUDIT_DETAILS, Microsoft's AADSTS codes and other codes spelled out."""
+        detail = self.detail
+        if detail in AUDIT_DETAILS:
+            return AUDIT_DETAILS[detail]
+        if detail.startswith("entra_"):
+            return "Microsoft error " + detail[len("entra_"):]
+        if re.fullmatch(r"[a-z]+(_[a-z]+)+", detail):
+            return detail.replace("_", " ")
+        if re.fullmatch(r"(?:[A-Z][a-z]+){2,}", detail):  # an error class's name, e.g. NotAllowed
+            return " ".join(re.findall(r"[A-Z][a-z]+", detail)).capitalize()
+        return detail
 
     @property
     def outcome_label(self) -> str:
