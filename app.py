@@ -235,10 +235,15 @@ def _wire_demo_host(app: Flask) -> None:
     base = f"{app.config['PREFERRED_URL_SCHEME']}://{server_name}"
     inner = app.wsgi_app
 
+    def split(host: str) -> tuple[str, str]:
+        return (host.rpartition(":")[0], host.rpartition(":")[2]) if host.rfind(":") > host.rfind("]") else (host, "")
+
+    server_host, server_port = split(server_name.lower())
+
     def redirect_loopback(environ, start_response):
-        host = environ.get("HTTP_HOST", "")
-        name = host.rpartition(":")[0] if host.rfind(":") > host.rfind("]") else host
-        if host.lower() != server_name.lower() and _is_loopback_name(name):
+        name, port = split(environ.get("HTTP_HOST", "").lower())
+        # Only another name for this same server (same port): a request on another port is another server's.
+        if port == server_port and name != server_host and _is_loopback_name(name):
             path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")  # WSGI: latin-1 decoded bytes
             location = base + quote(path.encode("latin-1"), safe="/%:@!$&'()*+,;=-._~")
             if environ.get("QUERY_STRING"):

@@ -27,8 +27,7 @@ def _text(resp) -> str:
 
 # -- the demo's host name -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("host", ["localhost", "localhost:5000", "LOCALHOST:5000", "[::1]:5000", "127.0.0.2:5000",
-                                  "app.localhost"])
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST", "[::1]", "127.0.0.2", "app.localhost", "localhost."])
 def test_demo_sends_other_loopback_names_to_server_name(client, host):
     resp = client.get("/login", query_string={"next": "/profile/"}, base_url=f"http://{host}")
     assert resp.status_code == 307 and resp.headers["Location"] == "http://portal.test/login?next=/profile/"
@@ -38,10 +37,21 @@ def test_demo_sends_other_loopback_names_to_server_name(client, host):
     assert emulator_page.headers["Location"] == "http://portal.test/_entra/organizations/oauth2/v2.0/authorize"
 
 
-def test_demo_serves_its_own_name_and_leaves_other_hosts_alone(client):
-    assert client.get("/login").status_code == 200  # portal.test, the SERVER_NAME
-    other = client.get("/login", base_url="http://evil.example")
-    assert other.status_code != 307 and "Location" not in other.headers
+@pytest.mark.parametrize("host", ["portal.test", "evil.example", "localhost:5001", "[::1]:5001"])
+def test_demo_leaves_its_own_name_other_names_and_other_ports_alone(client, host):
+    # portal.test is the SERVER_NAME; a loopback name on another port is another server's address
+    resp = client.get("/login", base_url=f"http://{host}")
+    assert resp.status_code == 200 and "Location" not in resp.headers
+
+
+def test_demo_on_a_port_redirects_loopback_names_on_that_port(tmp_path, database_uri):
+    config = {"TESTING": True, "DEMO_MODE": True, "SECRET_KEY": "t" * 48}  # SERVER_NAME: the demo's 127.0.0.1:5000
+    if database_uri:
+        config["SQLALCHEMY_DATABASE_URI"] = database_uri
+    client = create_app(config, instance_path=str(tmp_path / "instance")).test_client()
+    resp = client.get("/", base_url="http://localhost:5000")
+    assert resp.status_code == 307 and resp.headers["Location"] == "http://127.0.0.1:5000/"
+    assert client.get("/login", base_url="http://127.0.0.1:5000").status_code == 200
 
 
 def test_outside_demo_mode_trusted_hosts_refuses_localhost_plainly(tmp_path):
