@@ -149,8 +149,7 @@ def _finish_config(app: Flask) -> None:
             )
 
 
-LOGO_TYPES = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
-              ".webp": "image/webp"}
+LOGO_TYPES = (".png", ".svg", ".jpg", ".jpeg", ".webp")
 
 
 def _check_branding(app: Flask) -> None:
@@ -174,7 +173,7 @@ def _check_branding(app: Flask) -> None:
                       or any(c.isspace() or ord(c) < 32 for c in value)
                       or (urlsplit(value).scheme.lower() != "mailto" and not urlsplit(value).netloc)):
             raise ConfigError(f"{key} is a full {' or '.join(s + ':' for s in schemes)} address, "
-                              f"e.g. https://example.com/{'support' if key == 'SUPPORT_URL' else 'privacy'}: got {value!r}.")
+                              f"e.g. https://example.com/{key.split('_')[0].lower()}: got {value!r}.")
 
 
 def _instance_secret(app: Flask, name: str) -> str:

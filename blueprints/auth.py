@@ -31,8 +31,9 @@ class EmailForm(FlaskForm):
 
 class PasswordForm(FlaskForm):
     email = EmailField("Email", filters=[_strip], validators=EMAIL_CHECKS)
-    password = PasswordField("Password", validators=[InputRequired("Enter your password."),
-                                                     Length(max=1024, message="This is too long for a password: enter one of at most 1,024 characters.")])
+    password = PasswordField("Password", validators=[
+        InputRequired("Enter your password."),
+        Length(max=1024, message="This is too long for a password: enter one of at most 1,024 characters.")])
     next = HiddenField()
 
 
@@ -133,7 +134,7 @@ def callback():
     except accounts.FlowFinished:
         if not current_user.is_authenticated:
             raise
-        # Re-opened after signing in (Back, history, a second tab): go where that sign-in went.
+        # Re-opened after signing in (Back, history): go where that sign-in went.
         return redirect(safe_next(accounts.finished_destination(states)), 303)
     actor = current_user if current_user.is_authenticated else None
     accounts.complete_sso(pending, request.args.to_dict(flat=True), actor=actor)

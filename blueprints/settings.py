@@ -1,4 +1,4 @@
-"""Settings (admins only): GENERAL, SECURITY (single sign-on, profiles, admin consent, enforcement) and AUDIT LOG tabs."""
+"""Settings (admins only): GENERAL, SECURITY (sign-on, profiles, admin consent, enforcement) and AUDIT LOG tabs."""
 from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for

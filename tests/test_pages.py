@@ -11,7 +11,6 @@ import pytest
 import accounts
 from app import ConfigError, create_app
 from helpers import PASSWORD, activate_sso, csrf, follow_link, password_sign_in, sign_out, sso_sign_in, submit
-from models import User, db
 from test_app import REAL
 from test_sso import active  # noqa: F401  (shared fixture)
 
@@ -106,14 +105,15 @@ def test_password_step_shows_email_errors_next_to_the_email(app, client, northwi
         assert f'value="{typed}"' in field
     assert PASSWORD not in html  # a password is never sent back
     with app.app_context():
-        assert accounts.audit_page(db.session.get(User, 1).organization).total == 0  # no sign-in was tried
+        assert accounts.audit_page(accounts.get_organization("Northwind Traders")).total == 0  # no sign-in tried
 
 
 def test_password_step_asks_for_a_missing_password_inline(client, northwind):
     resp = client.post("/login/password", data={"email": ADMIN, "password": "",
                                                 "csrf_token": csrf(client, "/login/password")})
     html = resp.data.decode()
-    assert resp.status_code == 400 and '<p class="error" role="alert" id="password-error">Enter your password.</p>' in html
+    assert resp.status_code == 400
+    assert '<p class="error" role="alert" id="password-error">Enter your password.</p>' in html
     assert f'value="{ADMIN}"' in _field(html, "email")
     assert 'aria-describedby="password-error"' in _field(html, "password")
 
@@ -262,7 +262,8 @@ def test_portal_name_logo_and_links_on_every_page(tmp_path, database_uri):
     assert "sandbox" in logo.headers["Content-Security-Policy"]
     password_sign_in(client, ADMIN)
     explanation = submit(client, client.get("/settings/security"), "Activate SSO").data.decode()
-    assert "What Contoso Partner Hub reads" in explanation and "Contoso Partner Hub keeps no Microsoft tokens" in explanation
+    assert "What Contoso Partner Hub reads" in explanation
+    assert "Contoso Partner Hub keeps no Microsoft tokens" in explanation
     assert '<a href="https://contoso.example/privacy">privacy notice</a>' in explanation
     clients = app.extensions["entra_emulator"].clients  # the app's name on the emulated Microsoft pages
     assert [c["name"] for c in clients.values()] == ["Contoso Partner Hub (demo)"]
