@@ -215,6 +215,8 @@ def test_emulator_error_pages_are_styled_and_it_has_a_favicon(client):
         assert b'href="/_entra/static/emulator.css"' in resp.data and b'href="/_entra/static/favicon.svg"' in resp.data
     icon = client.get("/_entra/static/favicon.svg")
     assert icon.status_code == 200 and icon.mimetype == "image/svg+xml"
+    graph = client.get("/_entra/graph/v1.0/no-such-resource")  # Graph answers in JSON, as Graph does
+    assert graph.status_code == 404 and graph.json["error"]["code"] == "NotFound"
 
 
 def test_demo_start_up_message_names_both_admins(runner):
