@@ -432,7 +432,7 @@ def create_local_user(email: str, org_name: str, password: str, *, role: str = "
     email = normalise_email(email)
     org = get_organization(org_name)
     if email.rpartition("@")[2] not in {d.name for d in org.domains}:
-        raise InvalidInput(f"{email.rpartition('@')[2]} is not one of {org.name}'s domains.")
+        raise InvalidInput(f"{email.rpartition('@')[2]} is not one of the domains of {org.name}.")
     check_password(password, email)
     if users_by_email(email):
         raise InvalidInput("A user with that email exists already.")
@@ -665,6 +665,25 @@ def _keep_flows(flows: dict[str, Any]) -> None:
         session.pop("flows", None)
 
 
+class FlowFinished(InvalidInput):
+    """A callback for a sign-in that is not pending here: used already, or started in another browser."""
+
+
+def _remember_finished(pending: dict[str, Any]) -> None:
+    """After a sign-in, remember where it went, so re-opening its callback URL (Back, history) goes there again."""
+    state = pending.get("flow", {}).get("state", "")
+    session["finished"] = [hashlib.sha256(state.encode()).hexdigest()[:16], pending.get("next") or "/"]
+
+
+def finished_destination(states: list[str]) -> str:
+    """Where a signed-in user re-opening a finished callback goes: that sign-in's destination, else home."""
+    done = session.get("finished")
+    if (len(states) == 1 and isinstance(done, list) and len(done) == 2
+            and hmac.compare_digest(str(done[0]), hashlib.sha256(states[0].encode()).hexdigest()[:16])):
+        return str(done[1])
+    return "/"
+
+
 def time_ok(pending: dict[str, Any]) -> bool:
     return isinstance(pending, dict) and utcnow().timestamp() - pending.get("started", 0) <= FLOW_MAX_AGE
 
@@ -677,7 +696,7 @@ def take_flow(states: list[str]) -> dict[str, Any]:
     pending = flows.pop(states[0], None)
     _keep_flows(flows)
     if pending is None:
-        raise InvalidInput("This sign-in is finished or was started in another browser. Start the sign-in again.",
+        raise FlowFinished("This sign-in is finished or was started in another browser. Start the sign-in again.",
                            title="Start again")
     if not time_ok(pending):
         raise InvalidInput("This sign-in took longer than 10 minutes and expired. Start it again.",
@@ -703,8 +722,11 @@ def complete_sso(pending: dict[str, Any], params: dict[str, str], actor: User | 
             raise InvalidInput("The organisation of this sign-in no longer exists.")
         result = entra.client().finish_sign_in(pending["flow"], params)
         if purpose == "activate":
-            return settle_races(lambda: _activate_sso(org, result, actor, pending))
-        return SsoOutcome(settle_races(lambda: _sso_sign_in(org, result)))
+            outcome = settle_races(lambda: _activate_sso(org, result, actor, pending))
+        else:
+            outcome = SsoOutcome(settle_races(lambda: _sso_sign_in(org, result)))
+        _remember_finished(pending)
+        return outcome
     except (entra.EntraError, PortalError) as e:
         db.session.rollback()
         reason = getattr(e, "reason", None) or type(e).__name__
@@ -791,12 +813,15 @@ def _activate_sso(org: Organization, result: entra.SignIn, actor: User | None,
     other = db.session.execute(db.select(Organization).where(Organization.tenant_id == result.tenant_id,
                                                              Organization.id != org.id)).scalar_one_or_none()
     if other is not None:
-        raise NotAllowed("That Microsoft tenant is already connected to another organisation of this portal.",
-                         title="Tenant already in use")
+        # The page names no other customer; the operator's log says which organisation holds the tenant.
+        log.warning("SSO activation for organisation %r (id %s) refused: tenant %s is bound to organisation %r (id %s)",
+                    org.name, org.id, result.tenant_id, other.name, other.id)
+        raise NotAllowed("This Microsoft tenant cannot be connected. Contact the portal's operator.",
+                         title="Tenant cannot be connected")
     if not _org_emails(org, result):
         raise NotAllowed(
             "The Microsoft account you signed in with does not have a verified email in one of "
-            f"{org.name}'s domains, so it cannot prove the tenant belongs to {org.name}. Nothing was changed.",
+            f"the domains of {org.name}, so it cannot prove the tenant belongs to {org.name}. Nothing was changed.",
             title="Account does not match the organisation",
             hint="Sign in with your work account whose email ends in one of the organisation's domains.")
     # Any verified account of the organisation proves the tenant; only the admin's own is linked to the admin.
@@ -1193,7 +1218,16 @@ AUDIT_ACTIONS = {
     "profile_stored": "Profile copy stored", "profile_deleted": "Profile copy deleted",
     "org_created": "Organisation created", "org_renamed": "Organisation renamed", "domain_added": "Domain added",
     "domain_removed": "Domain removed", "password_reset": "Password reset", "org_deleted": "Organisation deleted",
+    "profiles_purged": "All profile copies deleted", "store_profiles": "Stored profiles setting",
+    "data_export": "Data downloaded",
 }
+# The audit page's words for the fixed detail codes (the CLI's JSON keeps the codes).
+AUDIT_DETAILS = {
+    "password": "with a password", "sso": "with Microsoft", "bad_password": "wrong email or password",
+    "sso_required": "single sign-on is required", "sso_not_active": "single sign-on is off",
+    "settings": "in Settings", "cli": "by the operator (CLI)",
+}
+AUDIT_OUTCOMES = {"success": "Succeeded", "failure": "Failed"}
 
 
 def _refused(reason: str, message: str, *, title: str | None = None, status: int = 403) -> PortalError:
@@ -1320,7 +1354,25 @@ class AuditEntry:
 
     @property
     def label(self) -> str:
-        return AUDIT_ACTIONS.get(self.action, self.action)
+        return AUDIT_ACTIONS.get(self.action, self.action.replace("_", " ").capitalize())
+
+    @property
+    def detail_label(self) -> str:
+        """The detail in words: known codes from AUDIT_DETAILS, Microsoft's AADSTS codes and other codes spelled out."""
+        detail = self.detail
+        if detail in AUDIT_DETAILS:
+            return AUDIT_DETAILS[detail]
+        if detail.startswith("entra_"):
+            return "Microsoft error " + detail[len("entra_"):]
+        if re.fullmatch(r"[a-z]+(_[a-z]+)+", detail):
+            return detail.replace("_", " ")
+        if re.fullmatch(r"(?:[A-Z][a-z]+){2,}", detail):  # an error class's name, e.g. NotAllowed
+            return " ".join(re.findall(r"[A-Z][a-z]+", detail)).capitalize()
+        return detail
+
+    @property
+    def outcome_label(self) -> str:
+        return AUDIT_OUTCOMES.get(self.outcome, self.outcome)
 
     def as_json(self) -> dict[str, Any]:
         return {"time": self.time.strftime("%Y-%m-%dT%H:%M:%SZ"), "actor": self.actor, "action": self.action,

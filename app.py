@@ -6,7 +6,7 @@ import os
 import secrets
 from datetime import timedelta
 from typing import Any, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import click
 from flask import Flask, render_template, request
@@ -16,6 +16,7 @@ from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect, same_origin
 from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.utils import redirect
 
 import accounts
 import commands
@@ -63,6 +64,7 @@ def _build(app: Flask) -> None:
     _wire_csrf(app)
     if app.config["DEMO_MODE"]:
         _wire_emulator(app)
+        _wire_demo_host(app)
 
     for bp in (home.bp, auth.bp, settings.bp, profile.bp):
         app.register_blueprint(bp)
@@ -98,6 +100,7 @@ def _finish_config(app: Flask) -> None:
         # Outside demo mode the cookie is HTTPS-only and host-locked, debug or not.
         cfg["SESSION_COOKIE_SECURE"] = True
         cfg["SESSION_COOKIE_NAME"] = "__Host-portal_session"
+    cfg["PORTAL_NAME"] = cfg["PORTAL_NAME"].strip()
 
 
 def _instance_secret(app: Flask, name: str) -> str:
@@ -129,7 +132,7 @@ def _wire_emulator(app: Flask) -> None:
             app.config["ENTRA_CLIENT_ID"]: {
                 "secret": app.config["ENTRA_CLIENT_SECRET"],
                 "redirect_uris": [base + entra.CALLBACK_PATH, base + entra.ADMIN_CONSENT_CALLBACK_PATH],
-                "name": "Customer Portal (demo)",
+                "name": app.config["PORTAL_NAME"] + " (demo)",
             }
         },
     )
@@ -162,6 +165,35 @@ def _wire_demo_loopback_only(app: Flask) -> None:
         return [body]
 
     app.wsgi_app = loopback_only
+
+
+def _wire_demo_host(app: Flask) -> None:
+    """Demo mode: send a request for another loopback name (localhost, [::1]) to the same path on SERVER_NAME.
+
+    The sign-in cookie and Microsoft's redirect URI belong to SERVER_NAME; on another host name the login form
+    would be redirected there and the page's form-action 'self' would silently block the hop.
+    """
+    server_name = app.config["SERVER_NAME"]
+    base = f"{app.config['PREFERRED_URL_SCHEME']}://{server_name}"
+    inner = app.wsgi_app
+
+    def split(host: str) -> tuple[str, str]:
+        return (host.rpartition(":")[0], host.rpartition(":")[2]) if host.rfind(":") > host.rfind("]") else (host, "")
+
+    server_host, server_port = split(server_name.lower())
+
+    def redirect_loopback(environ, start_response):
+        name, port = split(environ.get("HTTP_HOST", "").lower())
+        # Only another name for this same server (same port): a request on another port is another server's.
+        if port == server_port and name != server_host and configuration.is_loopback(name):
+            path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")  # WSGI: latin-1 decoded bytes
+            location = base + quote(path.encode("latin-1"), safe="/%:@!$&'()*+,;=-._~")
+            if environ.get("QUERY_STRING"):
+                location += "?" + environ["QUERY_STRING"]
+            return redirect(location, 307)(environ, start_response)
+        return inner(environ, start_response)
+
+    app.wsgi_app = redirect_loopback
 
 
 def _wire_rate_limits(app: Flask) -> None:

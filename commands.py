@@ -341,6 +341,7 @@ def demo(host: str, port: int, no_serve: bool) -> None:
                 accounts.create_local_user(email, name, DEMO_PASSWORD, role="admin", break_glass=True)
     click.echo("Demo data ready. Open http://%s/login and sign in as admin@northwind.example "
                "with the password %s." % (server_name, DEMO_PASSWORD))
+    click.echo("A second organisation, Fabrikam Research, has admin@fabrikam.example with the same password.")
     click.echo("Then: Settings → SECURITY → Activate SSO, and sign in at the emulated Microsoft page.")
     if not no_serve:
         from werkzeug.serving import run_simple

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from flask import Flask
 
@@ -67,6 +68,11 @@ def defaults() -> dict[str, Any]:
         RATELIMIT_SIGN_IN_PER_IP="1000 per minute; 10000 per hour",
         RATELIMIT_PASSWORD_PER_IP="60 per minute; 600 per hour",
         RATELIMIT_SIGN_IN_PER_ACCOUNT="10 per minute; 100 per hour",
+        # The portal's own name and links (header, titles, consent explanation, footer).
+        PORTAL_NAME="Customer Portal",
+        PORTAL_LOGO=None,  # a file name in instance/ (.png, .svg, .jpg, .webp), served at /logo
+        SUPPORT_URL=None,
+        PRIVACY_URL=None,
     )
 
 
@@ -133,6 +139,7 @@ def problems(config: Mapping[str, Any], instance_path: str) -> list[str]:
     elif storage.startswith(throttles.SCHEME + ":") and config.get("RATELIMIT_STRATEGY") != "moving-window":
         found.append(f"RATELIMIT_STORAGE_URI {throttles.SCHEME}:// counts with RATELIMIT_STRATEGY 'moving-window' "
                      "only; remove the strategy setting or choose another storage (memory://, redis://...).")
+    found += _branding_problems(config, instance_path)
     keys, key_file = config.get("ENCRYPTION_KEYS"), config.get("ENCRYPTION_KEY_FILE")
     try:
         if vault.is_set(keys):
@@ -146,9 +153,37 @@ def problems(config: Mapping[str, Any], instance_path: str) -> list[str]:
     return found
 
 
+LOGO_TYPES = (".png", ".svg", ".jpg", ".jpeg", ".webp")
+
+
+def _branding_problems(config: Mapping[str, Any], instance_path: str) -> list[str]:
+    """PORTAL_NAME, PORTAL_LOGO, SUPPORT_URL and PRIVACY_URL: values that would break or endanger pages."""
+    found = []
+    name = config.get("PORTAL_NAME")
+    if not isinstance(name, str) or not name.strip() or len(name) > 80 or not name.isprintable():
+        found.append("PORTAL_NAME is 1 to 80 printable characters, e.g. 'Contoso Customer Portal'.")
+    logo = config.get("PORTAL_LOGO")
+    if logo:
+        path = os.path.join(instance_path, str(logo))
+        if os.path.basename(str(logo)) != logo or os.path.splitext(logo)[1].lower() not in LOGO_TYPES:
+            found.append("PORTAL_LOGO names a file in the instance folder (no path), ending in "
+                         + ", ".join(LOGO_TYPES) + f": got {logo!r}.")
+        elif not os.path.isfile(path):
+            found.append(f"PORTAL_LOGO: {path} does not exist; put the logo there or remove the setting.")
+    for key, schemes in (("SUPPORT_URL", ("https", "http", "mailto")), ("PRIVACY_URL", ("https", "http"))):
+        value = config.get(key)
+        if value and (not isinstance(value, str) or urlsplit(value).scheme.lower() not in schemes
+                      or any(c.isspace() or ord(c) < 32 for c in value)
+                      or (urlsplit(value).scheme.lower() != "mailto" and not urlsplit(value).netloc)):
+            found.append(f"{key} is a full {' or '.join(s + ':' for s in schemes)} address, "
+                         f"e.g. https://example.com/{key.split('_')[0].lower()}: got {value!r}.")
+    return found
+
+
 def is_loopback(address: str) -> bool:
-    """Whether an address (an IP, or the name localhost) can only be this computer."""
-    if address.strip().lower() == "localhost":
+    """Whether an address (an IP, or a name under localhost) can only be this computer."""
+    name = address.strip().lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
         ip = ipaddress.ip_address(address.strip().strip("[]"))

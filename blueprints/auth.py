@@ -8,22 +8,38 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from wtforms import EmailField, HiddenField, PasswordField
-from wtforms.validators import InputRequired, Length
+from wtforms.validators import DataRequired, InputRequired, Length
 
 import accounts
 
 bp = Blueprint("auth", __name__)
 
 
+EMAIL_CHECKS = [DataRequired("Enter your email address."),
+                Length(max=accounts.MAX_EMAIL, message="This is too long for an email address: enter one of at most "
+                                                       f"{accounts.MAX_EMAIL} characters.")]
+
+
+def _strip(value):
+    return value.strip() if isinstance(value, str) else value
+
+
 class EmailForm(FlaskForm):
-    email = EmailField("Email", validators=[InputRequired(), Length(max=accounts.MAX_EMAIL)])
+    email = EmailField("Email", filters=[_strip], validators=EMAIL_CHECKS)
     next = HiddenField()
 
 
 class PasswordForm(FlaskForm):
-    email = EmailField("Email", validators=[InputRequired(), Length(max=accounts.MAX_EMAIL)])
-    password = PasswordField("Password", validators=[InputRequired(), Length(max=1024)])
+    email = EmailField("Email", filters=[_strip], validators=EMAIL_CHECKS)
+    password = PasswordField("Password", validators=[
+        InputRequired("Enter your password."),
+        Length(max=1024, message="This is too long for a password: enter one of at most 1,024 characters.")])
     next = HiddenField()
+
+
+def _invalid(field, message: str) -> None:
+    """Show a domain refusal next to the field it is about, on the same form."""
+    field.errors = [*field.errors, message]
 
 
 class ContinueForm(FlaskForm):
@@ -56,7 +72,11 @@ def login():
     form = EmailForm(next=safe_next(request.args.get("next")))
     if not form.validate_on_submit():
         return render_template("auth/login.html", form=form), 400 if form.is_submitted() else 200
-    realm = accounts.find_realm(form.email.data)
+    try:
+        realm = accounts.find_realm(form.email.data)
+    except accounts.InvalidInput as e:
+        _invalid(form.email, e.message)
+        return render_template("auth/login.html", form=form), e.status
     next_path = safe_next(form.next.data)
     if realm.kind == "password":
         return render_template("auth/password.html", form=PasswordForm(email=realm.email, next=next_path))
@@ -77,8 +97,10 @@ def password():
         return render_template("auth/password.html", form=form), 400
     try:
         accounts.password_sign_in(form.email.data, form.password.data, client=request.remote_addr)
+    except accounts.InvalidInput as e:  # the email is no email address: said next to it
+        _invalid(form.email, e.message)
+        return render_template("auth/password.html", form=form), e.status
     except accounts.SignInFailed as e:
-        form.password.data = ""
         return render_template("auth/password.html", form=form, error=e.message), e.status
     return redirect(safe_next(form.next.data), 303)
 
@@ -99,7 +121,14 @@ def sso_start():
 @bp.get(accounts.CALLBACK_PATH)
 def callback():
     """Microsoft sends the browser back here with a code or an error."""
-    pending = accounts.take_flow(request.args.getlist("state"))
+    states = request.args.getlist("state")
+    try:
+        pending = accounts.take_flow(states)
+    except accounts.FlowFinished:
+        if not current_user.is_authenticated:
+            raise
+        # Re-opened after signing in (Back, history): go where that sign-in went.
+        return redirect(safe_next(accounts.finished_destination(states)), 303)
     actor = current_user if current_user.is_authenticated else None
     outcome = accounts.complete_sso(pending, request.args.to_dict(flat=True), actor=actor)
     if pending["purpose"] == "activate":

@@ -1,4 +1,4 @@
-"""Settings (admins only): GENERAL and SECURITY tabs, single sign-on, admin consent, enforcement, audit log."""
+"""Settings (admins only): GENERAL, SECURITY (sign-on, profiles, admin consent, enforcement) and AUDIT LOG tabs."""
 from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
@@ -49,12 +49,19 @@ def general():
 
 @bp.get("/security")
 def security():
+    if "page" in request.args:  # the audit log's pages used to live here: old links and bookmarks still work
+        return redirect(url_for("settings.audit", page=request.args.get("page")), 301)
     return render_template("settings/security.html", org=_org(), tab="security",
                            activated_by=accounts.display_user(_org().sso_activated_by),
                            store_form=StoreProfilesForm(store_profiles=_org().store_profiles),
                            consent_by=accounts.display_user(_org().admin_consent_by),
                            break_glass=accounts.break_glass_count(_org()),
-                           enforcement=EnforcementForm(require_sso=_org().require_sso),
+                           enforcement=EnforcementForm(require_sso=_org().require_sso))
+
+
+@bp.get("/audit")
+def audit():
+    return render_template("settings/audit.html", org=_org(), tab="audit",
                            audit=accounts.audit_page(_org(), request.args.get("page", "1")))
 
 

@@ -11,6 +11,7 @@ from urllib.parse import urlencode, urlsplit
 import jwt
 from flask import (Blueprint, Flask, Response, current_app, jsonify, redirect,
                    render_template, request, session)
+from werkzeug.exceptions import HTTPException
 
 from . import tokens
 from .transport import GRAPH_PREFIX
@@ -62,7 +63,15 @@ def create_app(emu: "Emulator") -> Flask:
     app.jinja_env.globals["csrf_token"] = _csrf_token
     app.register_blueprint(bp)
     app.after_request(_security_headers)
+    app.register_error_handler(HTTPException, _http_error)
     return app
+
+
+def _http_error(e: HTTPException):
+    """Unknown paths and wrong methods: Graph answers in JSON, the sign-in host with a page in its own look."""
+    if request.path.startswith(GRAPH_PREFIX + "/"):
+        return jsonify(error={"code": e.name.replace(" ", ""), "message": e.description}), e.code
+    return render_template("http_error.html", status=e.code, title=e.name), e.code
 
 
 def _security_headers(response: Response) -> Response:

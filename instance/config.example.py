@@ -76,3 +76,12 @@
 # Use the built-in Entra ID emulator instead of Microsoft (refused together with ENTRA_CLIENT_ID/SECRET). A demo
 # portal answers only requests from this computer.
 # DEMO_MODE = False
+
+# -- the portal's own name and links ---------------------------------------------------------------------------
+# Shown in the header, page titles and the consent explanation.
+# PORTAL_NAME = "Customer Portal"
+# A logo: a file name in the instance folder (.png, .svg, .jpg, .jpeg, .webp), served at /logo.
+# PORTAL_LOGO = None
+# Shown in a footer on every page; the consent explanation links the privacy notice. https:// (or mailto: for support).
+# SUPPORT_URL = None
+# PRIVACY_URL = None

@@ -34,6 +34,9 @@ PAGES = {
     "profile-360": "10-profile-360px.png",
     "microsoft-admin-consent": "11-microsoft-admin-consent.png",
     "security-admin-consent": "12-security-admin-consent.png",
+    "settings-audit": "13-audit-log.png",
+    "audit-360": "14-audit-log-360px.png",
+    "login-invalid-email": "15-login-inline-error.png",
 }
 
 
@@ -51,6 +54,7 @@ def main() -> None:
         browser = launch_chromium(pw)
         desktop = browser.new_context(viewport={"width": 1024, "height": 640}, java_script_enabled=False)
         walk = Walk(desktop.new_page(), portal, on_arrive=shoot)
+        walk.open_login().enter_email("not an email").at("Sign in", "login-invalid-email")
         walk.sign_in_locally(ADMIN, DEMO_PASSWORD).open_security()
         walk.activate_sso(ADMIN).at("Settings", "security-active")
         walk.sign_out()
@@ -71,6 +75,13 @@ def main() -> None:
         walk.at("Permissions requested", "microsoft-admin-consent").click("Accept")
         walk.page.wait_for_url(lambda url: "/_entra/" not in url)
         walk.at("Settings", "security-admin-consent")
+        walk.click("AUDIT LOG", role="link").at("Settings", "settings-audit")
+
+        admin_phone = browser.new_context(viewport={"width": 360, "height": 740}, java_script_enabled=False)
+        walk = Walk(admin_phone.new_page(), portal, on_arrive=shoot)
+        walk.sso_sign_in(ADMIN, explanation=False, consent=None).at("Welcome", "home")
+        walk.click("Settings", role="link").at("Settings", "settings-general")
+        walk.click("AUDIT LOG", role="link").at("Settings", "audit-360")
         browser.close()
     missing = set(PAGES) - saved
     if missing:

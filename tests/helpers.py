@@ -88,6 +88,14 @@ def submit(client, response, button: str, *, fields: dict | None = None, checks:
     raise AssertionError(f"no button {button!r} on the page:\n{response.data.decode()[:2000]}")
 
 
+def follow_link(client, response, label: str):
+    """Open the link of `response` whose text is `label`, like a click would."""
+    html = response.data.decode()
+    found = re.findall(r'<a\b[^>]*\bhref="([^"]*)"[^>]*>\s*' + re.escape(label) + r"\s*</a>", html)
+    assert len(found) == 1, f"one link {label!r} expected, found {len(found)}"
+    return client.get(found[0].replace("&amp;", "&"))
+
+
 def csrf(client, path: str = "/login") -> str:
     page = client.get(path)
     match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"|name="csrf_token" value="([^"]+)"',

@@ -83,28 +83,29 @@ def test_every_action_is_audited_without_tokens_or_secrets(app, client, runner, 
         cells = [str(getattr(e, c)) for e in events for c in columns]
     lines = _audit(runner)
     exported = "\n".join(json.dumps(line) for line in lines)
-    page = client.get("/settings/security").data.decode()
+    page = client.get("/settings/security").data.decode() + client.get("/settings/audit").data.decode()
     for secret in wire | states:
         assert len(secret) >= 16
         assert not any(secret in cell for cell in cells)
         assert secret not in exported and secret not in page
 
 
-def test_security_tab_shows_the_log_newest_first(app, client, active):
+def test_audit_log_tab_shows_the_log_newest_first_in_words(app, client, active):
     password_sign_in(client, "admin@northwind.example")
     submit(client, client.get("/settings/security"), "Save single sign-on requirement", checks={"require_sso": True})
-    page = client.get("/settings/security").data.decode()
+    page = client.get("/settings/audit").data.decode()
+    assert 'aria-current="page">AUDIT LOG</a>' in page
     log = page[page.index('id="audit-heading"'):]
     for heading in ("Time (UTC)", "Actor", "Action", "Outcome", "Detail", "IP"):
         assert f'<th scope="col">{heading}</th>' in log
-    rows = re.findall(r"<tr>\s*<td><time datetime=\"([^\"]+)\">[^<]+</time></td>\s*<td>([^<]*)</td>\s*"
-                      r"<td>([^<]*)</td>\s*<td[^>]*>([^<]*)</td>\s*<td>([^<]*)</td>\s*<td>([^<]*)</td>", log)
+    cell = r'\s*<td data-label="[^"]+"[^>]*>([^<]*)</td>'
+    rows = re.findall(r'<tr>\s*<td data-label="Time \(UTC\)"><time datetime="([^"]+)">[^<]+</time></td>' + cell * 5, log)
     assert [r[2] for r in rows] == ["Require single sign-on", "Sign-in", "SSO activated", "Tenant bound", "Sign-in"]
     newest = rows[0]
     assert ISO_UTC.match(newest[0])
-    assert newest[1:] == ("admin@northwind.example", "Require single sign-on", "success",
+    assert newest[1:] == ("admin@northwind.example", "Require single sign-on", "Succeeded",
                           "on password_sessions_ended=0", "127.0.0.1")
-    assert rows[1][3:5] == ("success", "password")
+    assert rows[1][3:5] == ("Succeeded", "with a password")
 
 
 def test_log_is_paginated(app, client, active):
@@ -114,15 +115,19 @@ def test_log_is_paginated(app, client, active):
             accounts.record("sign_in", "failure", org=org, detail=f"reason_{n:02d}")
         db.session.commit()
     password_sign_in(client, "admin@northwind.example")  # 60 events: 3 from activation, 56, this sign-in
-    first = client.get("/settings/security").data.decode()
+    first = client.get("/settings/audit").data.decode()
     assert first.count("<time datetime=") == 25 and "Page 1 of 3" in first
     assert "reason_55" in first and "reason_32" in first and "reason_31" not in first
-    assert 'href="/settings/security?page=2#audit" rel="next">Older</a>' in first and "Newer" not in first
-    last = client.get("/settings/security?page=3").data.decode()
+    assert 'href="/settings/audit?page=2" rel="next">Older</a>' in first and "Newer" not in first
+    last = client.get("/settings/audit?page=3").data.decode()
     assert last.count("<time datetime=") == 10 and "Tenant bound" in last and "Older" not in last
-    assert 'href="/settings/security?page=2#audit" rel="prev">Newer</a>' in last
+    assert 'href="/settings/audit?page=2" rel="prev">Newer</a>' in last
+    old_link = client.get("/settings/security?page=3")  # where the pages used to be: bookmarks still work
+    assert old_link.status_code == 301 and old_link.headers["Location"] == "/settings/audit?page=3"
+    assert client.get("/settings/security").status_code == 200 and "<time datetime=" not in \
+        client.get("/settings/security").data.decode()
     for bad in ("0", "4", "-1", "abc", "99999999999999999999"):
-        resp = client.get("/settings/security", query_string={"page": bad})
+        resp = client.get("/settings/audit", query_string={"page": bad})
         assert resp.status_code == 404 and b"The audit log has 3 pages." in resp.data, bad
 
 
@@ -133,7 +138,7 @@ def test_each_organisation_sees_only_its_own_log(app, client, runner, active):
     other = app.test_client()
     activate_sso(other, admin="admin@fabrikam.example")
     password_sign_in(client, "admin@northwind.example")
-    page = client.get("/settings/security").data
+    page = client.get("/settings/audit").data
     assert b"admin@fabrikam.example" not in page and page.count(b"<time datetime=") == 4
     assert {line["actor"] for line in _audit(runner)} == {"admin@northwind.example"}
     assert {line["actor"] for line in _audit(runner, "Fabrikam Research")} == {"admin@fabrikam.example"}
@@ -162,6 +167,7 @@ def test_members_cannot_read_the_log(app, client, active):
         accounts.create_local_user("omar.haddad@northwind.example", "Northwind Traders", PASSWORD, role="member")
     password_sign_in(client, "omar.haddad@northwind.example")
     assert client.get("/settings/security?page=1").status_code == 403
+    assert client.get("/settings/audit").status_code == 403
 
 
 def test_a_deleted_actor_leaves_the_event(app, client, runner, active):

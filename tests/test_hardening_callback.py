@@ -5,7 +5,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from helpers import csrf, start_sso, through_microsoft
+from helpers import csrf, start_sso, submit, through_microsoft
 from models import LoginSession, db
 from test_sso import _signed_in, _state, active  # noqa: F401  (shared fixture)
 
@@ -139,11 +139,18 @@ def test_the_oldest_of_too_many_pending_flows_is_dropped(app, client, active):  
     assert through_microsoft(client, tabs[3], user=LENA).status_code == 303
 
 
-def test_back_button_after_sign_in_shows_a_start_again_page(app, client, active):  # noqa: F811
-    back = through_microsoft(client, start_sso(client, LENA), user=LENA)
-    assert back.status_code == 303
+def test_back_button_after_sign_in_goes_where_the_sign_in_went(app, client, emulator, active):  # noqa: F811
+    page = client.get("/login", query_string={"next": "/profile/"})
+    assert b'value="/profile/"' in page.data
+    go = submit(client, page, "Continue", fields={"email": LENA})
+    if b"Continue to Microsoft" in go.data:
+        go = submit(client, go, "Continue to Microsoft")
+    back = through_microsoft(client, go, user=LENA)
+    assert back.status_code == 303 and back.headers["Location"] == "/profile/"
+    emulator.requests.clear()
     again = client.get(back.request.url)  # the browser's back button re-requests the callback
-    assert again.status_code == 400
-    assert b"<h1>Start again</h1>" in again.data and b"Traceback" not in again.data
-    assert again.headers["Cache-Control"] == "no-store"
+    assert again.status_code == 303 and again.headers["Location"] == "/profile/"
+    assert again.headers["Cache-Control"] == "no-store" and _token_calls(emulator) == 0
     assert _signed_in(client)  # and the sign-in that did finish still stands
+    other = client.get("/auth/callback", query_string={"state": "a-sign-in-of-another-browser", "code": "x"})
+    assert other.status_code == 303 and other.headers["Location"] == "/"  # signed in: home, not "Start again"

@@ -12,7 +12,7 @@ from itsdangerous import base64_decode
 
 import accounts
 import vault
-from helpers import csrf, database_bytes, forms, password_sign_in, sign_out, sso_sign_in, submit
+from helpers import csrf, database_bytes, follow_link, forms, password_sign_in, sign_out, sso_sign_in, submit
 from models import AuditEvent, LoginSession, Organization, StoredProfile, User, db, utcnow
 from test_sso import active  # noqa: F401  (Northwind with SSO activated, browser signed out)
 
@@ -64,7 +64,7 @@ def test_setting_is_on_by_default_and_shown_to_admins(app, client, northwind):
     page = client.get("/settings/security")
     assert b"Store an encrypted copy of user profiles" in page.data
     assert _store_box(page) is True
-    assert b">Delete all stored copies</button>" in page.data
+    assert b'<a class="button" href="/settings/security/profiles/purge">Delete all stored copies</a>' in page.data
 
 
 def test_turning_the_setting_off_deletes_stored_copies_and_is_audited(app, client, active):  # noqa: F811
@@ -224,15 +224,16 @@ def test_download_needs_a_signed_in_user_and_a_post_with_csrf(client, northwind)
 
 def test_delete_my_stored_copy_asks_first_then_deletes(app, client, active):  # noqa: F811
     sso_sign_in(client, LENA)
-    confirm = submit(client, client.get("/profile/"), "Delete my stored copy")
+    confirm = follow_link(client, client.get("/profile/"), "Delete my stored copy")
     assert confirm.status_code == 200 and b"Delete your stored copy?" in confirm.data
     with app.app_context():
         assert _count(StoredProfile, StoredProfile.user_id == _lena(app).id) == 1  # asking deleted nothing
     done = submit(client, confirm, "Delete my stored copy")
     assert done.status_code == 303
     page = client.get("/profile/")
-    assert page.status_code == 200 and b"No Microsoft profile is stored" in page.data  # still signed in
-    assert b"Lena Fischer" not in page.data
+    assert page.status_code == 200 and b"No Microsoft profile is stored for you, nor your email" in page.data
+    assert b"Lena Fischer" not in page.data and b"<dt>Email</dt>" not in page.data  # no "Email —"
+    assert b"Delete my stored copy" not in page.data  # nothing left to delete
     assert client.get("/profile/photo").status_code == 404
     with app.app_context():
         lena = _lena(app)
@@ -254,7 +255,7 @@ def test_deleted_copy_leaves_no_ciphertext_in_the_database_file(app, client, act
     sso_sign_in(client, LENA)
     with app.app_context():
         blob = db.session.get(StoredProfile, _lena(app).id).data_enc
-    submit(client, submit(client, client.get("/profile/"), "Delete my stored copy"), "Delete my stored copy")
+    submit(client, follow_link(client, client.get("/profile/"), "Delete my stored copy"), "Delete my stored copy")
     assert blob[-32:] not in database_bytes(app)  # overwritten, not left in a free page
 
 
@@ -264,7 +265,7 @@ def test_admin_purges_the_organisations_copies(app, client, active):  # noqa: F8
     sso_sign_in(client, LENA)
     sign_out(client)
     password_sign_in(client, "admin@northwind.example")
-    confirm = submit(client, client.get("/settings/security"), "Delete all stored copies")
+    confirm = follow_link(client, client.get("/settings/security"), "Delete all stored copies")
     assert confirm.status_code == 200 and b"Delete all stored copies?" in confirm.data
     with app.app_context():
         assert _count(StoredProfile) == 2

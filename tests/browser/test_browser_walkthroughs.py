@@ -127,9 +127,11 @@ def test_6_member_downloads_then_deletes_their_stored_copy(walk, northwind_sso):
     assert download.value.suggested_filename.endswith(".json")
     assert "Lena Fischer" in json.dumps(data, ensure_ascii=False) and "Sales Manager" in json.dumps(data)
 
-    walk.click("Delete my stored copy").at("Delete your stored copy?", "confirm-delete")
+    walk.click("Delete my stored copy", role="link").at("Delete your stored copy?", "confirm-delete")
+    assert walk.page.url.endswith("/profile/delete"), "no stray ? on the confirmation URL"
     walk.click("Delete my stored copy").at("Your profile", "profile-deleted")
     assert "Your stored copy is deleted." in walk.flash()
     main = walk.page.inner_text("main")
     assert "Sales Manager" not in main and "No Microsoft profile is stored for you" in main
+    assert "Email" not in walk.facts() and walk.page.get_by_text("Delete my stored copy").count() == 0
     assert walk.page.get_by_role("img", name="Your profile photo").count() == 0
