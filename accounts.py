@@ -489,7 +489,7 @@ def password_sign_in(raw_email: str, password: str, *, client: str | None) -> Us
     so only failed checks add up, and only for the client that made them: strangers cannot lock the owner out.
     """
     email = normalise_email(raw_email)
-    pair = ("password-check", _throttle_hash(email), address_key(client))
+    pair = ("password-check", account_key(email), address_key(client))
     limit = current_app.config["RATELIMIT_SIGN_IN_PER_ACCOUNT"]
     retry_after = throttles.hit(limit, *pair)
     if retry_after:
@@ -1440,6 +1440,11 @@ def _address_group(address: str | None) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
     return str(ip)
+
+
+def account_key(email: str) -> str:
+    """A keyed hash of a normalised email, for the failed-password counts (the database holds no email)."""
+    return _throttle_hash(email)
 
 
 def address_key(address: str | None) -> str:
