@@ -23,15 +23,21 @@ def _missing(what: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def browser():
+def playwright():
+    """Playwright, started once per run (its sync API cannot be started twice in one process at a time)."""
     if not os.path.exists(CHROMIUM):
         _missing(f"no browser at {CHROMIUM}: apt-get install chromium")
+    with sync_playwright() as playwright:
+        yield playwright
+
+
+@pytest.fixture(scope="session")
+def browser(playwright):
     if not os.path.exists(AXE_JS):
         _missing(f"no axe-core at {AXE_JS}: npm ci")
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        yield browser
-        browser.close()
+    browser = launch_chromium(playwright)
+    yield browser
+    browser.close()
 
 
 @pytest.fixture(scope="session")

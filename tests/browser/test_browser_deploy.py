@@ -27,7 +27,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from playwright.sync_api import sync_playwright
 
 from live import CHROMIUM, CHROMIUM_FLAGS, ROOT
 from steps import Walk
@@ -282,7 +281,7 @@ class Deployed:
         return f"https://{PORTAL}{path}"
 
 
-def test_the_readme_deployment_signs_in_through_nginx_over_https(deployment):
+def test_the_readme_deployment_signs_in_through_nginx_over_https(deployment, playwright):
     d = deployment
     logs = lambda: "\n".join(f"== {n}\n{d['procs'].log(n)[-4000:]}" for n in ("gunicorn", "emulator", "nginx"))
 
@@ -291,42 +290,41 @@ def test_the_readme_deployment_signs_in_through_nginx_over_https(deployment):
                         allow_redirects=False, timeout=10)
     assert (http.status_code, http.headers["Location"]) == (301, f"https://{PORTAL}/profile/")
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_FLAGS + [f"--host-resolver-rules=MAP {PORTAL}:443 127.0.0.1:{d['https_port']}",
-                                   f"--ignore-certificate-errors-spki-list={d['pki']['spki']}"])
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True,
+        args=CHROMIUM_FLAGS + [f"--host-resolver-rules=MAP {PORTAL}:443 127.0.0.1:{d['https_port']}",
+                               f"--ignore-certificate-errors-spki-list={d['pki']['spki']}"])
+    try:
+        context = browser.new_context(java_script_enabled=False, viewport={"width": 1280, "height": 800})
+        walk = Walk(context.new_page(), Deployed(d["emulator"]))
         try:
-            context = browser.new_context(java_script_enabled=False, viewport={"width": 1280, "height": 800})
-            walk = Walk(context.new_page(), Deployed(d["emulator"]))
-            try:
-                # An admin signs in with a password and activates SSO at the emulated Microsoft, over HTTPS.
-                walk.sign_in_locally(ADMIN, ADMIN_PASSWORD)
-                response = walk.page.goto(walk.portal.url("/"))
-                # One HSTS policy, the portal's (Playwright joins repeated headers with a newline).
-                assert response.headers["strict-transport-security"] == "max-age=31536000; includeSubDomains"
-                cookies = {c["name"]: c for c in context.cookies()}
-                assert cookies["__Host-portal_session"]["secure"], cookies
-                walk.open_security().activate_sso(ADMIN, on_behalf=False)
-                walk.at("Settings", "security-active")
-                assert walk.page.url == walk.portal.url("/settings/security")
-                assert "Status: Active" in walk.page.inner_text("main"), walk.page.inner_text("main")
-                walk.sign_out()
-                assert walk.page.url.startswith(walk.portal.url("/login"))
-                assert "You are signed out." in walk.flash()
+            # An admin signs in with a password and activates SSO at the emulated Microsoft, over HTTPS.
+            walk.sign_in_locally(ADMIN, ADMIN_PASSWORD)
+            response = walk.page.goto(walk.portal.url("/"))
+            # One HSTS policy, the portal's (Playwright joins repeated headers with a newline).
+            assert response.headers["strict-transport-security"] == "max-age=31536000; includeSubDomains"
+            cookies = {c["name"]: c for c in context.cookies()}
+            assert cookies["__Host-portal_session"]["secure"], cookies
+            walk.open_security().activate_sso(ADMIN, on_behalf=False)
+            walk.at("Settings", "security-active")
+            assert walk.page.url == walk.portal.url("/settings/security")
+            assert "Status: Active" in walk.page.inner_text("main"), walk.page.inner_text("main")
+            walk.sign_out()
+            assert walk.page.url.startswith(walk.portal.url("/login"))
+            assert "You are signed out." in walk.flash()
 
-                # A member signs in with Microsoft (consent explanation, the emulator's pages), then signs out.
-                walk.sso_sign_in(MEMBER).at("Welcome", "home")
-                assert "Signed in with Microsoft." in walk.flash()
-                walk.click("Profile", role="link").at("Your profile", "profile")
-                assert MEMBER in walk.page.inner_text("main")
-                walk.sign_out()
-                assert "You are signed out." in walk.flash()
-                walk.goto("/profile/").at("Sign in", "login")
-            except Exception as e:
-                raise AssertionError(f"{e}\nat {walk.page.url}\n{logs()}") from e
-        finally:
-            browser.close()
+            # A member signs in with Microsoft (consent explanation, the emulator's pages), then signs out.
+            walk.sso_sign_in(MEMBER).at("Welcome", "home")
+            assert "Signed in with Microsoft." in walk.flash()
+            walk.click("Profile", role="link").at("Your profile", "profile")
+            assert MEMBER in walk.page.inner_text("main")
+            walk.sign_out()
+            assert "You are signed out." in walk.flash()
+            walk.goto("/profile/").at("Sign in", "login")
+        except Exception as e:
+            raise AssertionError(f"{e}\nat {walk.page.url}\n{logs()}") from e
+    finally:
+        browser.close()
 
     # No server error anywhere on the way.
     access = d["procs"].log("gunicorn")
