@@ -326,6 +326,7 @@ class EntraClient:
             return self._redeem(flow, params)
 
     def _redeem(self, flow: dict[str, Any], params: dict[str, str]) -> SignIn:
+        """finish_sign_in's work, inside its deadline."""
         try:
             result = self._msal_app().acquire_token_by_auth_code_flow(flow, params, scopes=SCOPES)
         except requests.Timeout:
