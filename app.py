@@ -32,6 +32,7 @@ WEAK_SECRETS = {"dev", "secret", "changeme", "change-me", "development", "test"}
 # What a database that does not answer (or cannot write) raises: the portal's 503 page, never a 500.
 DATABASE_DOWN = (OperationalError, InterfaceError)
 CALLBACKS = {"auth.callback", "auth.admin_consent_callback"}
+DATABASE_CONNECT_TIMEOUT = 5  # seconds; PostgreSQL, unless the URL sets connect_timeout
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,14 @@ def _finish_config(app: Flask) -> None:
     cfg["PERMANENT_SESSION_LIFETIME"] = timedelta(hours=float(cfg["SESSION_MAX_HOURS"]))
     if not cfg["SQLALCHEMY_DATABASE_URI"]:
         cfg["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + os.path.join(app.instance_path, "portal.sqlite")
-    if not str(cfg["SQLALCHEMY_DATABASE_URI"]).startswith("sqlite"):
+    uri = str(cfg["SQLALCHEMY_DATABASE_URI"])
+    if not uri.startswith("sqlite"):
         # A server restarted under the portal leaves dead pooled connections: test each before use.
-        cfg["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True, **cfg.get("SQLALCHEMY_ENGINE_OPTIONS", {})}
+        options = {"pool_pre_ping": True, **cfg.get("SQLALCHEMY_ENGINE_OPTIONS", {})}
+        if uri.startswith("postgresql") and "connect_timeout" not in uri:
+            # A server that drops packets would hold each request for the system's TCP timeout (minutes).
+            options["connect_args"] = {"connect_timeout": DATABASE_CONNECT_TIMEOUT, **options.get("connect_args", {})}
+        cfg["SQLALCHEMY_ENGINE_OPTIONS"] = options
     secret = cfg["SECRET_KEY"]
     if not secret and (demo or app.debug):
         cfg["SECRET_KEY"] = _instance_secret(app, "secret_key")

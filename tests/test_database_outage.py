@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -28,6 +29,7 @@ class Forwarder:
         self.port = 0
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
+        self.silent = False  # accept connections but never answer, like a host that drops packets
         self.restore()
 
     def restore(self) -> None:
@@ -60,6 +62,10 @@ class Forwarder:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self.silent:
+                with self._lock:
+                    self._conns.append(client)
+                continue
             server = socket.create_connection(self.upstream)
             with self._lock:
                 self._conns += [client, server]
@@ -138,6 +144,15 @@ def test_database_stopped_then_back(outage, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
     assert any("Database not answering" in r.getMessage() for r in caplog.records)
 
+    # A server that accepts and never answers: the connection attempt gives up after a few seconds.
+    forwarder.restore()
+    forwarder.silent = True
+    started = time.monotonic()
+    _assert_portal_503(admin.get("/profile/"))
+    assert time.monotonic() - started < app.config["SQLALCHEMY_ENGINE_OPTIONS"]["connect_args"]["connect_timeout"] + 3
+
+    forwarder.cut()
+    forwarder.silent = False
     forwarder.restore()  # the same portal, not restarted
     assert admin.get("/healthz").status_code == 200
     page = admin.get("/profile/")
