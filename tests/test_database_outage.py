@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from app import create_app
-from helpers import TEST_KEY, activate_sso, password_sign_in, sign_out, sso_sign_in, start_sso, through_microsoft
+from helpers import TEST_KEY, activate_sso, sign_out, sso_sign_in, start_sso, through_microsoft
 from models import db
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

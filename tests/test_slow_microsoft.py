@@ -97,7 +97,8 @@ def test_pages_answer_while_twenty_sign_ins_wait_on_a_slow_token_endpoint(tmp_pa
     hook = tmp_path / "slow_token.py"
     hook.write_text(SLOW_TOKEN_HOOK)
     env = dict(os.environ, FLASK_DEMO_MODE="1", FLASK_SECRET_KEY="t" * 48, FLASK_ENCRYPTION_KEYS=json.dumps([TEST_KEY]),
-               FLASK_SERVER_NAME=f"127.0.0.1:{port}", FLASK_SQLALCHEMY_DATABASE_URI=uri, FLASK_ENTRA_TIMEOUT=str(timeout),
+               FLASK_SERVER_NAME=f"127.0.0.1:{port}", FLASK_SQLALCHEMY_DATABASE_URI=uri,
+               FLASK_ENTRA_TIMEOUT=str(timeout),
                # 20 sign-ins of one account from one address, each counted twice: under the limits
                FLASK_RATELIMIT_SIGN_IN_PER_ACCOUNT="100 per minute", FLASK_RATELIMIT_SIGN_IN_PER_IP="200 per minute")
     command = readme_gunicorn(port, instance_path=instance)
