@@ -6,6 +6,7 @@ the user must be told about.
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import hmac
 import ipaddress
@@ -13,18 +14,20 @@ import logging
 import os
 import re
 import secrets
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+from urllib.parse import urlsplit
 
 import idna
 from flask import Flask, current_app, g, has_request_context, request, session
 from flask_login import LoginManager, login_user, logout_user
 from flask_migrate import Migrate, upgrade
 from flask_wtf.csrf import generate_csrf
-from sqlalchemy import bindparam, event, select
+from sqlalchemy import bindparam, event, select, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from werkzeug.security import check_password_hash, generate_password_hash
 from zxcvbn import zxcvbn
 
@@ -120,11 +123,41 @@ def ensure_schema() -> None:
 
 
 def startup_check(create: bool) -> None:
-    """At start-up: migrate the schema (demo) and refuse keys that cannot read what is stored."""
-    if create:
-        upgrade(directory=MIGRATIONS)
-    if db.inspect(db.engine).has_table(VaultCheck.__tablename__):
-        check_vault()
+    """At start-up: migrate the schema (demo) and refuse keys that cannot read what is stored.
+
+    Workers and instances starting together take turns here, so exactly one of them migrates and stores the key
+    check value while the others wait and then find it done.
+    """
+    with _startup_lock(db.engine):
+        if create:
+            upgrade(directory=MIGRATIONS)
+        if db.inspect(db.engine).has_table(VaultCheck.__tablename__):
+            check_vault()
+
+
+@contextmanager
+def _startup_lock(engine: Engine) -> Iterator[None]:
+    """Hold a lock every process of this database shares: an advisory lock on PostgreSQL, a file lock on SQLite."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:  # a session-level lock on a connection of its own, held until unlocked
+            key = {"name": "portal start-up " + (conn.scalar(text("SELECT current_schema()")) or "")}
+            conn.execute(text("SELECT pg_advisory_lock(hashtextextended(:name, 0))"), key)
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(hashtextextended(:name, 0))"), key)
+                conn.commit()
+    elif engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        path = urlsplit(engine.url.database).path if engine.url.database.startswith("file:") else engine.url.database
+        with open(path + ".startup-lock", "a") as lock:  # beside the database file: every process that opens it
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    else:
+        yield
 
 
 def check_vault() -> None:
@@ -720,6 +753,8 @@ def complete_sso(pending: dict[str, Any], params: dict[str, str], actor: User | 
     try:
         if org is None:
             raise InvalidInput("The organisation of this sign-in no longer exists.")
+        # End the transaction so its pooled connection serves other requests while Microsoft is asked.
+        db.session.commit()
         result = entra.client().finish_sign_in(pending["flow"], params)
         if purpose == "activate":
             outcome = settle_races(lambda: _activate_sso(org, result, actor, pending))
@@ -921,12 +956,19 @@ def photo_of(user: User) -> tuple[bytes, str] | None:
 
 
 def database_ok() -> bool:
+    """True while the database answers and takes a write: a full disk or a read-only file fails the check.
+
+    The write is one row added and removed in a committed transaction (a throttle count no limit ever reads),
+    so the database must really write its log; it costs about as much as one counted sign-in attempt.
+    """
     try:
-        db.session.execute(db.text("SELECT 1"))
+        with db.engine.begin() as conn:
+            throttles.probe_write(conn)
         return True
-    except Exception:  # any driver error means "not healthy"
-        log.exception("Health check: database unavailable")
-        db.session.rollback()
+    except SQLAlchemyError as e:
+        orig = getattr(e, "orig", None) or e
+        log.warning("Health check: database unavailable: %s: %s", type(orig).__name__,
+                    (str(orig).splitlines() or [""])[0][:200])
         return False
 
 

@@ -9,11 +9,12 @@ from typing import Any, Mapping
 from urllib.parse import quote, urlsplit
 
 import click
-from flask import Flask, render_template, request
+from flask import Flask, g, render_template, request
 from flask.cli import FlaskGroup
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect, same_origin
+from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.utils import redirect
@@ -30,6 +31,10 @@ DEMO_CLIENT_ID = "5f0d1c2e-0000-4000-8000-00000000d3e0"
 SIGN_IN_ENDPOINTS = {("auth.login", "POST"), ("auth.password", "POST"), ("auth.sso_start", "POST"),
                      ("auth.callback", "GET"), ("auth.admin_consent_callback", "GET")}
 ConfigError = configuration.ConfigError
+# What a database that does not answer (or cannot write) raises: the portal's 503 page, never a 500.
+DATABASE_DOWN = (OperationalError, InterfaceError)
+CALLBACKS = {"auth.callback", "auth.admin_consent_callback"}
+DATABASE_CONNECT_TIMEOUT = 5  # seconds; PostgreSQL, unless the URL sets connect_timeout
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,14 @@ def _finish_config(app: Flask) -> None:
     cfg["PERMANENT_SESSION_LIFETIME"] = timedelta(hours=float(cfg["SESSION_MAX_HOURS"]))
     if not cfg["SQLALCHEMY_DATABASE_URI"]:
         cfg["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + os.path.join(app.instance_path, "portal.sqlite")
+    uri = str(cfg["SQLALCHEMY_DATABASE_URI"])
+    if not uri.startswith("sqlite"):
+        # A server restarted under the portal leaves dead pooled connections: test each before use.
+        options = {"pool_pre_ping": True, **cfg.get("SQLALCHEMY_ENGINE_OPTIONS", {})}
+        if uri.startswith("postgresql") and "connect_timeout" not in uri:
+            # A server that drops packets would hold each request for the system's TCP timeout (minutes).
+            options["connect_args"] = {"connect_timeout": DATABASE_CONNECT_TIMEOUT, **options.get("connect_args", {})}
+        cfg["SQLALCHEMY_ENGINE_OPTIONS"] = options
     if demo:
         # Only demo mode reuses a generated secret key; DEBUG relaxes nothing.
         if not cfg["SECRET_KEY"]:
@@ -104,17 +117,26 @@ def _finish_config(app: Flask) -> None:
 
 
 def _instance_secret(app: Flask, name: str) -> str:
-    """Read a random secret kept in instance/, creating it (mode 0600) on first use."""
+    """Read a random secret kept in instance/, creating it (mode 0600) on first use.
+
+    Written whole under a temporary name, then linked into place: a worker starting at the same moment
+    finds either no file or the complete one, never a half-written secret.
+    """
     path = os.path.join(app.instance_path, name)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        with open(path, encoding="ascii") as f:
-            return f.read().strip()
-    with os.fdopen(fd, "w", encoding="ascii") as f:
+    if not os.path.exists(path):
         value = secrets.token_urlsafe(48)
-        f.write(value)
-    return value
+        temporary = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                f.write(value)
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process linked its secret first: use that one
+        finally:
+            os.unlink(temporary)
+    with open(path, encoding="ascii") as f:
+        return f.read().strip()
 
 
 def _wire_emulator(app: Flask) -> None:
@@ -294,7 +316,25 @@ def _register_error_pages(app: Flask) -> None:
                                 code=getattr(e, "code", None)), e.status,
                 {"Retry-After": str(retry_after)} if retry_after else {})
 
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def database_down(e: Exception):
+        orig = getattr(e, "orig", None) or e  # the driver's words, without SQLAlchemy's statement and parameters
+        log.warning("Database not answering (%s %r): %s: %s", request.method, request.path, type(orig).__name__,
+                    (str(orig).splitlines() or [""])[0][:200])
+        # Nothing on this page may ask the database again: not the limiter's header hook, not the user loader.
+        for limiter in app.extensions.get("limiter", ()):
+            limiter.context.reset()
+        g._login_user = app.login_manager.anonymous_user()
+        hint = ("Microsoft's part of your sign-in was done, but the portal could not finish it. Start the sign-in "
+                "again in a minute." if request.endpoint in CALLBACKS else None)
+        return render_template("error.html", status=503, title="Service unavailable",
+                               message="The portal's database is not answering. Try again in a minute.",
+                               hint=hint), 503, {"Retry-After": "60"}
+
     @app.errorhandler(500)
     def server_error(e):
+        if isinstance(getattr(e, "original_exception", None), DATABASE_DOWN):  # raised outside a view's handlers
+            return database_down(e.original_exception)
         return render_template("error.html", status=500, title="Something went wrong",
                                message="The portal could not finish this request. Nothing was changed."), 500

@@ -11,10 +11,11 @@ import re
 import threading
 import time
 import unicodedata
-from collections import deque
 import warnings
+from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlencode, urlsplit
 
 import jwt
@@ -169,9 +170,19 @@ class _TimeoutSession(requests.Session):
         if ca_bundle:
             self.verify = ca_bundle  # the CAs to trust instead of the system's (ENTRA_CA_BUNDLE)
         self._kept: dict[str, requests.Response] = {}
+        self._deadline = threading.local()  # per request: gthread workers serve several at once
 
     def keep(self, url: str, resp: requests.Response) -> None:
         self._kept[url] = resp
+
+    @contextmanager
+    def deadline(self, seconds: float) -> Iterator[None]:
+        """Let the calls made inside share `seconds`: each gets what is left, none starts after it has run out."""
+        self._deadline.at = time.monotonic() + seconds
+        try:
+            yield
+        finally:
+            self._deadline.at = None
 
     def request(self, method, url, **kwargs):  # type: ignore[override]
         if method.upper() == "GET" and url in self._kept:
@@ -180,6 +191,12 @@ class _TimeoutSession(requests.Session):
             kwargs["timeout"] = self.default_timeout
         if kwargs.get("verify") is None:
             kwargs["verify"] = self.verify  # a bundle given here wins over REQUESTS_CA_BUNDLE
+        at = getattr(self._deadline, "at", None)
+        if at is not None:
+            left = at - time.monotonic()
+            if left <= 0:
+                raise requests.exceptions.ReadTimeout(f"No time left for {method} {url}")
+            kwargs["timeout"] = min(kwargs["timeout"], left)
         return super().request(method, url, **kwargs)
 
 
@@ -309,11 +326,20 @@ class EntraClient:
         return flow, auth_uri
 
     def finish_sign_in(self, flow: dict[str, Any], params: dict[str, str]) -> SignIn:
-        """Redeem the code, validate the ID token ourselves, read the profile once, drop the tokens."""
+        """Redeem the code, validate the ID token ourselves, read the profile once, drop the tokens.
+
+        All of it (token, signing keys when not cached, /me, photo) shares one deadline of ENTRA_TIMEOUT, so a
+        slow Microsoft holds a callback for that long at most, well inside the server's worker timeout.
+        """
         if params.get("error"):
             raise explain(params.get("error"), params.get("error_description"))
         if not params.get("code"):
             raise EntraError("no_code", "Microsoft's answer had neither a code nor an error.", status=400)
+        with self.http.deadline(self.http.default_timeout):
+            return self._redeem(flow, params)
+
+    def _redeem(self, flow: dict[str, Any], params: dict[str, str]) -> SignIn:
+        """finish_sign_in's work, inside its deadline."""
         try:
             result = self._msal_app().acquire_token_by_auth_code_flow(flow, params, scopes=SCOPES)
         except requests.Timeout:

@@ -36,6 +36,15 @@ _WINDOW = select(func.min(_hits.c.at), func.count()).where(_IN_WINDOW)
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 
 
+_PROBE_KEY = "health-check"  # counted keys are hashes, so this one never meets a limit
+
+
+def probe_write(conn) -> None:
+    """Write one count and remove it again in `conn`'s transaction (the caller commits): the health check."""
+    hit = conn.execute(insert(_hits).values(key=_PROBE_KEY, at=0.0, expires_at=0.0).returning(_hits.c.id)).scalar()
+    conn.execute(delete(_hits).where(_hits.c.id == hit))
+
+
 class DatabaseStorage(Storage, MovingWindowSupport):
     """Moving-window counters in the `sign_in_hits` table (used inside requests: it needs the app context)."""
 

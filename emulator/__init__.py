@@ -43,9 +43,9 @@ class Emulator:
         # Test switches that make the emulator misbehave: id_token_claims (set/None-remove claims),
         # id_token_header (set/None-remove header fields), id_token_alg (none, HS256-public, foreign-key,
         # unpublished-kid, embedded-jwk, consumer-key: a key the JWKS then publishes under the consumer
-        # issuer), token_response ((status, body, type)), graph_me, graph_status,
-        # timeout (URL prefixes), discovery (fields), jwks_extra_keys (appended), jwks_keys (replaces
-        # the published keys entirely).
+        # issuer), token_response ((status, body, type)), graph_me, graph_status, timeout (URL prefixes),
+        # slow ({URL prefix: seconds}, cut at the caller's timeout), discovery (fields), jwks_extra_keys
+        # (appended), jwks_keys (replaces the published keys entirely).
         self.faults: dict = {}
         self.time_offset: float = 0.0
         self.store = Store(os.path.join(instance_path, "entra-emulator.sqlite"))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -36,6 +37,14 @@ class EmulatorAdapter(BaseAdapter):
             if without_scheme.startswith(prefix):
                 raise requests.exceptions.ReadTimeout(
                     f"Emulated read timeout for {request.url}", request=request)
+        for prefix, seconds in (self.emulator.faults.get("slow") or {}).items():
+            if without_scheme.startswith(prefix):
+                # A slow answer waits no longer than the caller's timeout, as over a real socket.
+                limit = _read_timeout(timeout)
+                time.sleep(seconds if limit is None else min(seconds, limit))
+                if limit is not None and seconds > limit:
+                    raise requests.exceptions.ReadTimeout(
+                        f"Emulated slow answer for {request.url}: none within {limit} s", request=request)
 
         parts = urlsplit(request.url)
         host = (parts.hostname or "").lower()
@@ -74,3 +83,10 @@ class EmulatorAdapter(BaseAdapter):
 
     def close(self) -> None:
         pass
+
+
+def _read_timeout(timeout) -> float | None:
+    """The read part of a requests timeout (a number, a (connect, read) pair, or None)."""
+    if isinstance(timeout, tuple):
+        timeout = timeout[1]
+    return None if timeout is None else float(timeout)

@@ -191,3 +191,23 @@ def database_bytes(app) -> bytes:
             with open(name, "rb") as f:
                 found += f.read()
     return found
+
+
+def readme_gunicorn(port: int, *, instance_path: str, workers: int | None = None) -> list[str]:
+    """The README's gunicorn command (its one ```sh block that runs gunicorn), bound to `port` on 127.0.0.1,
+    with the app built in `instance_path`; `workers` overrides the worker count."""
+    import os
+    import shlex
+    import sys
+
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md"),
+                  encoding="utf-8").read()
+    blocks = [b for b in re.findall(r"```sh\n(.*?)```", readme, re.S) if b.lstrip().startswith("gunicorn ")]
+    assert len(blocks) == 1, "the README should give one gunicorn command in one sh block"
+    args = shlex.split(blocks[0])
+    assert args[-1] == "app:create_app()"
+    args[args.index("--bind") + 1] = f"127.0.0.1:{port}"
+    if workers is not None:
+        args[args.index("--workers") + 1] = str(workers)
+    args[-1] = f"app:create_app(instance_path={instance_path!r})"
+    return [sys.executable, "-m", "gunicorn"] + args[1:]

@@ -6,6 +6,7 @@ import json
 import re
 import secrets
 import sqlite3
+import time
 from html import unescape
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -705,6 +706,17 @@ def test_fault_timeout(emu, http):
     assert http.get(f"{LOGIN}/organizations/discovery/v2.0/keys").status_code == 200
     assert emu.requests[0] == ("GET", "https://graph.microsoft.com/v1.0/me", 3)
     assert len(emu.requests) == 3
+
+
+def test_fault_slow_answers_late_or_times_out_at_the_callers_timeout(emu, http):
+    emu.faults["slow"] = {"login.microsoftonline.com/organizations/discovery": 0.3}
+    started = time.monotonic()
+    assert http.get(f"{LOGIN}/organizations/discovery/v2.0/keys", timeout=2).status_code == 200
+    assert 0.3 <= time.monotonic() - started < 1.5
+    started = time.monotonic()
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        http.get(f"{LOGIN}/organizations/discovery/v2.0/keys", timeout=0.1)  # as a real socket: no longer
+    assert 0.1 <= time.monotonic() - started < 1
 
 
 def test_fault_discovery_and_jwks_extra_keys(emu, http):
