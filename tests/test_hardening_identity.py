@@ -70,7 +70,7 @@ def test_graph_mail_of_a_member_does_not_make_them_the_ceo(app, client, runner, 
     lena = _user(app, oid=LENA_OID)
     assert lena is not None and _user(app, email=CEO) is None  # no CEO lookup hash
     password_sign_in(client, ADMIN)
-    audit = client.get("/settings/security").data.decode()
+    audit = client.get("/settings/audit").data.decode()
     assert CEO not in audit and LENA in audit
     result = runner.invoke(args=["create-admin", CEO, "--org", "Northwind Traders", "--password-stdin"],
                            input=PASSWORD + "\n")
@@ -99,7 +99,7 @@ def test_without_stored_copies_the_graph_mail_does_not_name_the_member_either(ap
     member = app.test_client()
     assert sso_sign_in(member, LENA).status_code == 303  # her copy lives as long as her session
     password_sign_in(client, ADMIN)
-    audit = client.get("/settings/security").data.decode()
+    audit = client.get("/settings/audit").data.decode()
     assert CEO not in audit and LENA in audit
     assert f"<dt>Email</dt><dd>{LENA}</dd>" in member.get("/profile/").data.decode()
 
@@ -126,13 +126,13 @@ def test_a_token_signed_with_a_consumer_key_is_refused(app, client, emulator, ac
 @pytest.mark.parametrize("page", ["²", "①", "٣", "１", "+1", " 1", "1_0", "-1", "0", "9" * 40, "1e3", ""])
 def test_audit_page_numbers_other_than_ascii_digits_are_missing_pages(client, northwind, page):
     password_sign_in(client, ADMIN)
-    resp = client.get("/settings/security", query_string={"page": page})
+    resp = client.get("/settings/audit", query_string={"page": page})
     assert resp.status_code == 404 and b"No such page" in resp.data
 
 
 def test_audit_page_one_is_found(client, northwind):
     password_sign_in(client, ADMIN)
-    assert client.get("/settings/security?page=1").status_code == 200
+    assert client.get("/settings/audit?page=1").status_code == 200
 
 
 # -- finding 7: the emulator refuses a big body before reading it ---------------------------------------

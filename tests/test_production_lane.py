@@ -142,7 +142,7 @@ def test_admin_turns_stored_profiles_off_and_on(prod_browser):
     assert off.url == PORTAL + "/settings/security"
     # The admin's copy from activating SSO, and Lena's.
     assert "Profile copies are no longer kept after sign-out; 2 stored copies were deleted." in prod_browser.flash()
-    prod_browser.submit("Delete all stored copies")
+    prod_browser.click("Delete all stored copies")
     prod_browser.submit("Delete all stored copies")
     assert "0 stored profile copies were deleted." in prod_browser.flash()
     prod_browser.submit("Save", checks={"store_profiles": True})
@@ -163,7 +163,7 @@ def test_member_downloads_then_deletes_their_stored_copy(prod_browser):
     assert "Sales Manager" in json.dumps(json.loads(download.body))
     assert prod_browser.page is profile  # a download leaves the page where it is
 
-    assert "Delete your stored copy?" in prod_browser.submit("Delete my stored copy")
+    assert "Delete your stored copy?" in prod_browser.click("Delete my stored copy")
     deleted = prod_browser.submit("Delete my stored copy")
     assert deleted.url == PORTAL + "/profile/" and "Your stored copy is deleted." in prod_browser.flash()
     assert "Sales Manager" not in deleted and "No Microsoft profile is stored for you" in deleted
