@@ -32,16 +32,17 @@ PERMISSION_TEXT = {
 
 @bp.route("/<tenant>/oauth2/v2.0/authorize", methods=["GET", "POST"])
 def authorize(tenant: str):
-    if request.method == "POST":
-        return _handle_post("authorize", tenant)
-    return _start("authorize", tenant, request.args)
+    return _step("authorize", tenant)
 
 
 @bp.route("/<tenant>/v2.0/adminconsent", methods=["GET", "POST"])
 def adminconsent(tenant: str):
-    if request.method == "POST":
-        return _handle_post("adminconsent", tenant)
-    return _start("adminconsent", tenant, request.args)
+    return _step("adminconsent", tenant)
+
+
+def _step(kind: str, segment: str):
+    """A GET starts a request; a POST is a form step of one (or, for authorize, a POSTed request)."""
+    return _handle_post(kind, segment) if request.method == "POST" else _start(kind, segment, request.args)
 
 
 def _start(kind: str, segment: str, params):
