@@ -10,13 +10,10 @@ temporary instance folder (a fresh schema when --database-url is given); Microso
 from __future__ import annotations
 
 import argparse
-import functools
 import ipaddress
 import json
 import os
-import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,100 +24,23 @@ from collections import defaultdict
 from datetime import datetime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "bench")]
 
-import msal  # noqa: E402
 import requests  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
-from sqlalchemy.orm import Session  # noqa: E402
 
-import entra  # noqa: E402
-import throttles  # noqa: E402
 import vault as vault_module  # noqa: E402
 from app import create_app  # noqa: E402
-from emulator.transport import EmulatorAdapter  # noqa: E402
+from harness import (EMULATOR, PORTAL_CATEGORIES, CpuSplit, Schema, free_port, peak_rss_mb, worker_pids,  # noqa: E402
+                     wrk)
 from helpers import activate_sso, sign_out, sso_sign_in  # noqa: E402
 from models import AuditEvent, Domain, Organization, StoredProfile, User, db  # noqa: E402
 
 MEMBERS = ("lena.fischer@northwind.example", "omar.haddad@northwind.example", "jun.park@northwind.example")
 FILLER_ID = 1_000_000  # seeded rows get ids far above the ones the portal assigns itself
-PORTAL_CATEGORIES = ("MSAL", "token validation", "Graph", "encryption", "database", "sign-in throttles",
-                     "Flask, templates, other")
-EMULATOR = "emulator (Microsoft's side)"
-
-
-# -- CPU time split ---------------------------------------------------------------------------------
-
-class CpuSplit:
-    """Charge this thread's CPU time to the innermost wrapped category (exclusive time, no double counting)."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = defaultdict(float)
-        self.stack = ["Flask, templates, other"]
-        self.last = time.thread_time()
-
-    def _tick(self) -> None:
-        now = time.thread_time()
-        self.totals[self.stack[-1]] += now - self.last
-        self.last = now
-
-    def reset(self) -> None:
-        self._tick()
-        self.totals.clear()
-
-    def wrap(self, owner, name: str, category: str) -> None:
-        original = getattr(owner, name)
-
-        @functools.wraps(original)
-        def charged(*args, **kwargs):
-            self._tick()
-            self.stack.append(category)
-            try:
-                return original(*args, **kwargs)
-            finally:
-                self._tick()
-                self.stack.pop()
-
-        setattr(owner, name, charged)
-
-    def install(self) -> None:
-        """Wrap the classes once; every app in this process is measured through them."""
-        for name in ("initiate_auth_code_flow", "acquire_token_by_auth_code_flow"):
-            self.wrap(msal.ConfidentialClientApplication, name, "MSAL")
-        self.wrap(entra.EntraClient, "validate_id_token", "token validation")
-        self.wrap(entra.EntraClient, "read_profile", "Graph")
-        for name in ("encrypt", "decrypt", "encrypt_json", "decrypt_json", "blind_index", "blind_indexes"):
-            self.wrap(vault_module.Vault, name, "encryption")
-        for name in ("execute", "scalar", "scalars", "get", "flush", "commit", "rollback", "refresh"):
-            self.wrap(Session, name, "database")
-        for name in ("acquire_entry", "get_moving_window"):
-            self.wrap(throttles.DatabaseStorage, name, "sign-in throttles")
-        self.wrap(EmulatorAdapter, "send", EMULATOR)
-
-    def charge_emulator_pages(self, app) -> None:
-        """The emulator's browser pages of one app count as Microsoft's side too."""
-        mounts = app.wsgi_app.mounts
-        browser_pages = mounts["/_entra"]
-
-        def pages(environ, start_response):
-            self._tick()
-            self.stack.append(EMULATOR)
-            try:
-                return list(browser_pages(environ, start_response))
-            finally:
-                self._tick()
-                self.stack.pop()
-
-        mounts["/_entra"] = pages
 
 
 # -- set-up -----------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def seed(users: int, orgs: int) -> None:
     """Bulk-insert `users` SSO members across `orgs` organisations, each with an encrypted email and profile."""
@@ -154,23 +74,6 @@ def seed(users: int, orgs: int) -> None:
     # A live database has planner statistics; a freshly bulk-loaded one has none until autovacuum runs.
     with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("ANALYZE"))
-
-
-class Schema:
-    """A fresh schema in the PostgreSQL database at `url`, and the URL that puts the portal's tables in it."""
-
-    def __init__(self, url: str) -> None:
-        self.server = sa.create_engine(url, poolclass=sa.pool.NullPool)
-        self.name = "bench_" + uuid.uuid4().hex[:12]
-        with self.server.begin() as conn:
-            conn.execute(sa.text(f"CREATE SCHEMA {self.name}"))
-        self.uri = sa.make_url(url).update_query_dict(
-            {"options": f"-csearch_path={self.name}"}).render_as_string(hide_password=False)
-
-    def drop(self) -> None:
-        with self.server.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA {self.name} CASCADE"))
-        self.server.dispose()
 
 
 def build(instance: str, port: int, database_uri: str | None, key: str):
@@ -279,27 +182,6 @@ class Size:
         shutil.rmtree(self.instance, ignore_errors=True)
         if self.schema is not None:
             self.schema.drop()
-
-
-def wrk(url: str, seconds: int, connections: int, cookie: str | None) -> float:
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", url]
-    if cookie:
-        cmd[1:1] = ["-H", f"Cookie: {cookie}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if bad:
-        raise SystemExit(f"{url}: {bad.group(1)} error responses\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-
-
-def worker_pids(master: int) -> list[int]:
-    with open(f"/proc/{master}/task/{master}/children") as f:
-        return [int(p) for p in f.read().split()]
-
-
-def peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) / 1024
 
 
 def measure(sizes: list[Size], args) -> dict[int, dict]:
