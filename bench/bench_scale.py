@@ -1,8 +1,8 @@
 """Scale benchmarks (not tests): HTTP throughput under gunicorn, in-process sign-ins with their CPU split,
 growth from 10 to 100,000 users, and peak memory per worker.
 
-    .venv/bin/python bench/bench_scale.py                      # SQLite, sizes 10 and 100000
-    .venv/bin/python bench/bench_scale.py --database-url postgresql+psycopg://USER@127.0.0.1:PORT/DB
+    .venv/bin/python -m bench.bench_scale                      # SQLite, sizes 10 and 100000
+    .venv/bin/python -m bench.bench_scale --database-url postgresql+psycopg://USER@127.0.0.1:PORT/DB
 
 Needs wrk (apt-get install wrk) and gunicorn (requirements-dev.txt). Everything runs on 127.0.0.1 in a
 temporary instance folder (a fresh schema when --database-url is given); Microsoft is the emulator.
@@ -27,20 +27,18 @@ from collections import defaultdict
 from datetime import datetime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+import msal
+import requests
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
-import msal  # noqa: E402
-import requests  # noqa: E402
-import sqlalchemy as sa  # noqa: E402
-from sqlalchemy.orm import Session  # noqa: E402
-
-import entra  # noqa: E402
-import throttles  # noqa: E402
-import vault as vault_module  # noqa: E402
-from app import create_app  # noqa: E402
-from emulator.transport import EmulatorAdapter  # noqa: E402
-from helpers import activate_sso, sign_out, sso_sign_in  # noqa: E402
-from models import AuditEvent, Domain, Organization, StoredProfile, User, db  # noqa: E402
+import entra
+import throttles
+import vault as vault_module
+from app import create_app
+from emulator.transport import EmulatorAdapter
+from tests.helpers import activate_sso, sign_out, sso_sign_in
+from models import AuditEvent, Domain, Organization, StoredProfile, User, db
 
 MEMBERS = ("lena.fischer@northwind.example", "omar.haddad@northwind.example", "jun.park@northwind.example")
 FILLER_ID = 1_000_000  # seeded rows get ids far above the ones the portal assigns itself
@@ -199,7 +197,7 @@ class Size:
             seed(users, orgs)
             print(f"  seeded {users} users in {orgs} organisations in {time.perf_counter() - t0:.1f} s", flush=True)
             import accounts
-            from helpers import PASSWORD
+            from tests.helpers import PASSWORD
             accounts.create_organization("Northwind Traders", ["northwind.example"])
             accounts.create_local_user("admin@northwind.example", "Northwind Traders", PASSWORD, role="admin")
         admin = self.app.test_client()
@@ -244,7 +242,7 @@ class Size:
         env.update({f"FLASK_{k}": json.dumps(v) if not isinstance(v, str) else v for k, v in self.config.items()})
         self.master = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{self.port}", "--log-level",
-             "warning", "--pythonpath", f"{ROOT},{os.path.join(ROOT, 'bench')}", "bench_wsgi:create_bench_app()"],
+             "warning", "bench.bench_wsgi:create_bench_app()"],
             env=env, cwd=ROOT)
 
     def wait_until_serving(self) -> None:

@@ -9,13 +9,12 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "browser")]
 
-from playwright.sync_api import Page, sync_playwright  # noqa: E402
+from playwright.sync_api import Page, sync_playwright
 
-from commands import DEMO_PASSWORD  # noqa: E402
-from live import LivePortal, launch_chromium  # noqa: E402
-from steps import Walk  # noqa: E402
+from commands import DEMO_PASSWORD
+from tests.browser.live import LivePortal, launch_chromium
+from tests.browser.steps import Walk
 
 OUT = os.path.join(ROOT, "docs", "screenshots")
 ADMIN = "admin@northwind.example"
