@@ -1,6 +1,6 @@
 """Save PNGs of the key pages into docs/screenshots/, walking the demo the way the browser tests do.
 
-Run from the repository root: .venv/bin/python scripts/screenshots.py   (needs /usr/bin/chromium)
+Run from the repository root: .venv/bin/python -m scripts.screenshots   (needs /usr/bin/chromium)
 """
 from __future__ import annotations
 
