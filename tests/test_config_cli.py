@@ -13,10 +13,9 @@ import requests
 import entra
 import vault
 from app import ConfigError, create_app
-from helpers import PRODUCTION, TEST_KEY, free_port, readme_env
+from helpers import PRODUCTION, ROOT, TEST_KEY, free_port, readme_env
 from models import db
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # `flask --app app ARGS` exactly, except that the instance folder is the test's (flask's own group and loader).
 FLASK = ("import sys; from flask.cli import FlaskGroup; from app import create_app; "
          "FlaskGroup(create_app=lambda: create_app(instance_path=sys.argv[1])).main(sys.argv[2:], prog_name='flask')")

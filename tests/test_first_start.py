@@ -9,9 +9,8 @@ import time
 import pytest
 import requests
 
-from helpers import TEST_KEY, free_port, readme_gunicorn
+from helpers import ROOT, TEST_KEY, free_port, readme_gunicorn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Each worker says when it has built the app (and so run the start-up migrations).
 READY_HOOK = "def post_worker_init(worker):\n    print('worker ready', worker.pid, flush=True)\n"
 

@@ -12,11 +12,10 @@ import requests
 
 import accounts
 from app import create_app
-from helpers import (PASSWORD, TEST_KEY, activate_sso, free_port, password_sign_in, readme_gunicorn, sign_out,
+from helpers import (PASSWORD, ROOT, TEST_KEY, activate_sso, free_port, password_sign_in, readme_gunicorn, sign_out,
                      start_sso, through_microsoft)
 from models import db
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "login.microsoftonline.com/organizations/oauth2/v2.0/token"
 LENA = "lena.fischer@northwind.example"
 

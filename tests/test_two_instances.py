@@ -11,9 +11,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import requests
 
-from helpers import TEST_KEY, activate_sso, free_port, sign_out, sso_sign_in, start_sso, through_microsoft
+from helpers import ROOT, TEST_KEY, activate_sso, free_port, sign_out, sso_sign_in, start_sso, through_microsoft
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVE = """
 import json, os, sys
 from werkzeug.serving import make_server
