@@ -1,5 +1,6 @@
-"""Fixtures: a demo-mode portal per test (own instance folder, database and emulator state), and the production
-lane's portal, emulator and Chromium-like browser (prod_app, prod_emulator, prod_browser).
+"""Fixtures: a demo-mode portal per test (own instance folder, database and emulator state), Northwind with SSO
+active (`active`), the production lane's portal, emulator and Chromium-like browser (prod_app, prod_emulator,
+prod_browser), and the emulator as its own HTTPS server (emulator_server). Plain functions are in helpers.py.
 
 With TEST_DATABASE_URL set (a PostgreSQL URL; .ci/run sets it) each test gets a fresh schema there
 instead of a SQLite file.
