@@ -5,19 +5,15 @@ CLI's JSON-lines export, on a throw-away SQLite database.
 """
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
 
-# Run from anywhere: the portal lives one directory up.
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 import accounts
 import vault
 from app import create_app
-from tests.helpers import PASSWORD, password_sign_in
 from models import AuditEvent, db, utcnow
+from tests.helpers import PASSWORD, password_sign_in
 
 
 def timed(fn, repeat: int = 5) -> float:

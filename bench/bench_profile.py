@@ -13,7 +13,6 @@ import time
 from datetime import datetime, timezone
 from typing import Callable
 
-
 import accounts
 import entra
 import vault

@@ -26,7 +26,6 @@ import uuid
 from collections import defaultdict
 from datetime import datetime
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 import msal
 import requests
 import sqlalchemy as sa
@@ -37,8 +36,10 @@ import throttles
 import vault as vault_module
 from app import create_app
 from emulator.transport import EmulatorAdapter
-from tests.helpers import activate_sso, sign_out, sso_sign_in
 from models import AuditEvent, Domain, Organization, StoredProfile, User, db
+from tests.helpers import activate_sso, sign_out, sso_sign_in
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 MEMBERS = ("lena.fischer@northwind.example", "omar.haddad@northwind.example", "jun.park@northwind.example")
 FILLER_ID = 1_000_000  # seeded rows get ids far above the ones the portal assigns itself

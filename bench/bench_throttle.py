@@ -7,16 +7,13 @@ on SQLite in a temporary folder or in a fresh schema of the PostgreSQL database 
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 from app import create_app
 from bench.bench_scale import Schema
-from tests.helpers import TEST_KEY, csrf
 from models import db
+from tests.helpers import TEST_KEY, csrf
 
 
 def time_login_posts(storage: str, database_url: str | None, requests: int) -> float:

@@ -8,13 +8,13 @@ import os
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 from playwright.sync_api import Page, sync_playwright
 
 from commands import DEMO_PASSWORD
 from tests.browser.live import LivePortal, launch_chromium
 from tests.browser.steps import Walk
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 OUT = os.path.join(ROOT, "docs", "screenshots")
 ADMIN = "admin@northwind.example"
