@@ -1,25 +1,19 @@
-"""Time the audit log with many events: python bench/bench_audit.py [EVENTS] (not a test; about ten seconds).
+"""Time the audit log with many events: python -m bench.bench_audit [EVENTS] (not a test; about ten seconds).
 
 Measures the SECURITY tab's first and last page (newest first, 25 a page, through the real route) and the
 CLI's JSON-lines export, on a throw-away SQLite database.
 """
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
 
-# Run from anywhere: the portal lives one directory up.
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-import accounts  # noqa: E402
-import vault  # noqa: E402
-from app import create_app  # noqa: E402
-from helpers import PASSWORD, password_sign_in  # noqa: E402
-from models import AuditEvent, db, utcnow  # noqa: E402
+import accounts
+import vault
+from app import create_app
+from models import AuditEvent, db, utcnow
+from tests.helpers import PASSWORD, password_sign_in
 
 
 def timed(fn, repeat: int = 5) -> float:

@@ -1,7 +1,7 @@
 """The portal against Microsoft's `identity` library (issue 17), in one run with alternating rounds.
 
     .venv/bin/pip install -r bench/requirements.txt            # identity[flask], the peer's library
-    .venv/bin/python bench/bench_peer.py [--database-url postgresql+psycopg://USER@127.0.0.1:PORT/DB]
+    .venv/bin/python -m bench.bench_peer [--database-url postgresql+psycopg://USER@127.0.0.1:PORT/DB]
 
 Both apps sign in against one emulator, `python -m emulator` over HTTPS on 127.0.0.1 (the README's staging set-up),
 so both pay the same real back-channel calls and the emulator's CPU stays in its own process. The portal runs with
@@ -36,21 +36,19 @@ from types import SimpleNamespace
 from urllib.parse import urlsplit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCH = os.path.join(ROOT, "bench")
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), BENCH]
 
-import requests  # noqa: E402
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
-from flask_migrate import upgrade  # noqa: E402
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from flask_migrate import upgrade
 
-import accounts  # noqa: E402
-import vault as vault_module  # noqa: E402
-from app import create_app  # noqa: E402
-from harness import PORTAL_CATEGORIES, CpuSplit, Schema, free_port, peak_rss_mb, worker_pids, wrk  # noqa: E402
-from helpers import PASSWORD, csrf, password_sign_in, readme_gunicorn, submit  # noqa: E402
+import accounts
+import vault as vault_module
+from app import create_app
+from bench.harness import PORTAL_CATEGORIES, CpuSplit, Schema, free_port, peak_rss_mb, worker_pids, wrk
+from tests.helpers import PASSWORD, csrf, password_sign_in, readme_gunicorn, submit
 
 MEMBERS = ("lena.fischer@northwind.example", "omar.haddad@northwind.example", "jun.park@northwind.example")
 warnings.filterwarnings("ignore", message="response_mode='form_post' is recommended")  # MSAL's, both apps'
@@ -271,7 +269,7 @@ class Peer(Side):
                     "PEER_AUTHORITY": emulator_url + "/organizations", "PEER_CLIENT_SECRET": CLIENT_SECRET,
                     "PEER_REDIRECT_URI": self.origin + "/auth/response", "REQUESTS_CA_BUNDLE": ca}
         os.environ.update(self.env)
-        import peer_identity
+        from bench import peer_identity
         self.app = peer_identity.create_app()
         for email in MEMBERS:
             self.sign_in(self.browser(), email)
@@ -292,7 +290,7 @@ class Peer(Side):
 
     def start(self, workers: int | None) -> None:
         command = readme_gunicorn(self.port, instance_path=self.folder, workers=workers)
-        command[-1:] = ["--pythonpath", BENCH, "peer_identity:create_app()"]
+        command[-1:] = ["bench.peer_identity:create_app()"]
         self.serve(command, dict(os.environ, **self.env))
 
     def targets(self) -> dict[str, tuple[str, str | None]]:

@@ -1,4 +1,4 @@
-"""Time a profile write and read through the portal's services: python bench/bench_profile.py
+"""Time a profile write and read through the portal's services: python -m bench.bench_profile
 
 Not a test. It builds a demo-mode portal in a temporary folder, signs nobody in, and times
 accounts.store_profile (+ commit) and accounts.profile_of against the same steps without encryption,
@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from typing import Callable
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import accounts  # noqa: E402
-import entra  # noqa: E402
-import vault  # noqa: E402
-from app import create_app  # noqa: E402
-from models import StoredProfile, User, db  # noqa: E402
+import accounts
+import entra
+import vault
+from app import create_app
+from models import StoredProfile, User, db
 
 PROFILE = {
     "id": "1b7e2d63-8d2f-4e1c-8b68-4f3a2c9d5e02", "displayName": "Lena Fischer", "givenName": "Lena",

@@ -1,8 +1,8 @@
 """Scale benchmarks (not tests): HTTP throughput under gunicorn, in-process sign-ins with their CPU split,
 growth from 10 to 100,000 users, and peak memory per worker.
 
-    .venv/bin/python bench/bench_scale.py                      # SQLite, sizes 10 and 100000
-    .venv/bin/python bench/bench_scale.py --database-url postgresql+psycopg://USER@127.0.0.1:PORT/DB
+    .venv/bin/python -m bench.bench_scale                      # SQLite, sizes 10 and 100000
+    .venv/bin/python -m bench.bench_scale --database-url postgresql+psycopg://USER@127.0.0.1:PORT/DB
 
 Needs wrk (apt-get install wrk) and gunicorn (requirements-dev.txt). Everything runs on 127.0.0.1 in a
 temporary instance folder (a fresh schema when --database-url is given); Microsoft is the emulator.
@@ -23,18 +23,16 @@ import uuid
 from collections import defaultdict
 from datetime import datetime
 
+import requests
+import sqlalchemy as sa
+
+import vault as vault_module
+from app import create_app
+from bench.harness import EMULATOR, PORTAL_CATEGORIES, CpuSplit, Schema, free_port, peak_rss_mb, worker_pids, wrk
+from models import AuditEvent, Domain, Organization, StoredProfile, User, db
+from tests.helpers import activate_sso, sign_out, sso_sign_in
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.join(ROOT, "bench")]
-
-import requests  # noqa: E402
-import sqlalchemy as sa  # noqa: E402
-
-import vault as vault_module  # noqa: E402
-from app import create_app  # noqa: E402
-from harness import (EMULATOR, PORTAL_CATEGORIES, CpuSplit, Schema, free_port, peak_rss_mb, worker_pids,  # noqa: E402
-                     wrk)
-from helpers import activate_sso, sign_out, sso_sign_in  # noqa: E402
-from models import AuditEvent, Domain, Organization, StoredProfile, User, db  # noqa: E402
 
 MEMBERS = ("lena.fischer@northwind.example", "omar.haddad@northwind.example", "jun.park@northwind.example")
 FILLER_ID = 1_000_000  # seeded rows get ids far above the ones the portal assigns itself
@@ -102,7 +100,7 @@ class Size:
             seed(users, orgs)
             print(f"  seeded {users} users in {orgs} organisations in {time.perf_counter() - t0:.1f} s", flush=True)
             import accounts
-            from helpers import PASSWORD
+            from tests.helpers import PASSWORD
             accounts.create_organization("Northwind Traders", ["northwind.example"])
             accounts.create_local_user("admin@northwind.example", "Northwind Traders", PASSWORD, role="admin")
         admin = self.app.test_client()
@@ -147,7 +145,7 @@ class Size:
         env.update({f"FLASK_{k}": json.dumps(v) if not isinstance(v, str) else v for k, v in self.config.items()})
         self.master = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-w", str(workers), "-b", f"127.0.0.1:{self.port}", "--log-level",
-             "warning", "--pythonpath", f"{ROOT},{os.path.join(ROOT, 'bench')}", "bench_wsgi:create_bench_app()"],
+             "warning", "bench.bench_wsgi:create_bench_app()"],
             env=env, cwd=ROOT)
 
     def wait_until_serving(self) -> None:

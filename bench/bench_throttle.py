@@ -1,4 +1,4 @@
-"""What counting the sign-in throttles costs: python bench/bench_throttle.py [--database-url URL] [--requests N]
+"""What counting the sign-in throttles costs: python -m bench.bench_throttle [--database-url URL] [--requests N]
 
 Not a test. Times `POST /login` for an unknown domain (the cheapest throttled request: no password hash, no
 Microsoft) in-process, with the counters in memory (per process) and in the database (every worker together),
@@ -7,18 +7,13 @@ on SQLite in a temporary folder or in a fresh schema of the PostgreSQL database 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
-
-from app import create_app  # noqa: E402
-from bench_scale import Schema  # noqa: E402
-from helpers import TEST_KEY, csrf  # noqa: E402
-from models import db  # noqa: E402
+from app import create_app
+from bench.bench_scale import Schema
+from models import db
+from tests.helpers import TEST_KEY, csrf
 
 
 def time_login_posts(storage: str, database_url: str | None, requests: int) -> float:

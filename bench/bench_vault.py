@@ -1,18 +1,14 @@
-"""Time the vault's hot paths: python bench/bench_vault.py (not a test; runs in a few seconds)."""
+"""Time the vault's hot paths: python -m bench.bench_vault (not a test; runs in a few seconds)."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
-import sys
 import time
 from typing import Callable
 
-# Run from anywhere: the vault lives one directory up.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from vault import Vault, aad, generate_key  # noqa: E402
+from vault import Vault, aad, generate_key
 
 PROFILE = {
     "id": "3f0b6a4e-9a51-4c1e-8d0a-5b7e2c9f1a23",

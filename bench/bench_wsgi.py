@@ -1,6 +1,6 @@
 """The WSGI app gunicorn serves in bench_scale.py: the portal, plus a bare Flask route under /_bare/.
 
-gunicorn --pythonpath REPO,REPO/bench "bench_wsgi:create_bench_app()"; configuration comes from FLASK_*
+gunicorn "bench.bench_wsgi:create_bench_app()" (from the repository root); configuration comes from FLASK_*
 variables and BENCH_INSTANCE (the instance folder). The bare route is the yardstick: a template rendered
 by Flask with no session, database or decryption, served by the same workers in the same run.
 

@@ -1,6 +1,6 @@
 """What the benchmarks share: the per-category CPU split of a sign-in, wrk, free ports, PostgreSQL schemas, RSS.
 
-Imported by bench_scale.py and bench_peer.py (run from the repository root; both put the root on sys.path).
+Imported by bench_scale.py and bench_peer.py (run as modules from the repository root: python -m bench.NAME).
 """
 from __future__ import annotations
 

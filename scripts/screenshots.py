@@ -1,6 +1,6 @@
 """Save PNGs of the key pages into docs/screenshots/, walking the demo the way the browser tests do.
 
-Run from the repository root: .venv/bin/python scripts/screenshots.py   (needs /usr/bin/chromium)
+Run from the repository root: .venv/bin/python -m scripts.screenshots   (needs /usr/bin/chromium)
 """
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ import os
 import sys
 import tempfile
 
+from playwright.sync_api import Page, sync_playwright
+
+from commands import DEMO_PASSWORD
+from tests.browser.live import LivePortal, launch_chromium
+from tests.browser.steps import Walk
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "browser")]
-
-from playwright.sync_api import Page, sync_playwright  # noqa: E402
-
-from commands import DEMO_PASSWORD  # noqa: E402
-from live import LivePortal, launch_chromium  # noqa: E402
-from steps import Walk  # noqa: E402
 
 OUT = os.path.join(ROOT, "docs", "screenshots")
 ADMIN = "admin@northwind.example"

@@ -1,5 +1,6 @@
-"""Fixtures: a demo-mode portal per test (own instance folder, database and emulator state), and the production
-lane's portal, emulator and Chromium-like browser (prod_app, prod_emulator, prod_browser).
+"""Fixtures: a demo-mode portal per test (own instance folder, database and emulator state), Northwind with SSO
+active (`active`), the production lane's portal, emulator and Chromium-like browser (prod_app, prod_emulator,
+prod_browser), and the emulator as its own HTTPS server (emulator_server). Plain functions are in helpers.py.
 
 With TEST_DATABASE_URL set (a PostgreSQL URL; .ci/run sets it) each test gets a fresh schema there
 instead of a SQLite file.
@@ -7,7 +8,9 @@ instead of a SQLite file.
 from __future__ import annotations
 
 import os
+import sys
 import uuid
+from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
@@ -18,7 +21,8 @@ import vault
 from app import create_app
 from browsing import PortalBrowser
 from emulator import Emulator
-from helpers import PASSWORD, TEST_KEY
+from helpers import (PASSWORD, PORTAL_HOST, PRODUCTION, ROOT, TEST_KEY, Processes, activate_sso, free_port, make_pki,
+                     readme_commands, set_option, sign_out)
 from models import db
 
 TEST_DATABASE_URL = os.environ.get("TEST_DATABASE_URL")
@@ -92,17 +96,20 @@ def northwind(app):
 
 
 @pytest.fixture
+def active(app, client, northwind):
+    """Northwind with SSO activated by its admin; the browser is signed out again."""
+    resp = activate_sso(client)
+    assert resp.status_code == 303 and resp.headers["Location"].endswith("/settings/security")
+    sign_out(client)
+    return northwind
+
+
+@pytest.fixture
 def vault_key():
     return vault.generate_key()
 
 
 # -- the production lane: the configuration users deploy, driven by a browser that behaves like one ------------
-
-PORTAL_HOST = "portal.example.com"
-PRODUCTION = {"SECRET_KEY": "p" * 48, "SERVER_NAME": PORTAL_HOST, "ENCRYPTION_KEYS": [TEST_KEY],
-              "ENTRA_CLIENT_ID": "3c9a7f2e-5b1d-4e8a-9f60-2d4b8c1e7a35",
-              "ENTRA_CLIENT_SECRET": "Qx8Q~vR2.kT9yLm_3pN7wZ4bC6dF1gH5jK0sA"}
-
 
 @pytest.fixture
 def prod_app(tmp_path, database_uri):
@@ -141,3 +148,28 @@ def prod_browser(prod_app, prod_emulator):
     """A Chromium-like browser that reaches the portal and Microsoft's sign-in host by name."""
     return PortalBrowser({PORTAL_HOST: prod_app, "login.microsoftonline.com": prod_emulator.wsgi},
                          "https://" + PORTAL_HOST)
+
+
+# -- the emulator as its own server (README "Staging with the emulator") ---------------------------------------
+
+@pytest.fixture
+def emulator_server(tmp_path):
+    """The README's `python -m emulator` command on a free port, with a certificate from a CA of the test's own
+    (`pki`: make_pki's files) and PRODUCTION's client; `url` is its base URL, `procs` holds its log."""
+    pki = make_pki(tmp_path)
+    port, procs = free_port(), Processes(tmp_path)
+    client = {"FLASK_ENTRA_CLIENT_ID": PRODUCTION["ENTRA_CLIENT_ID"],
+              "FLASK_ENTRA_CLIENT_SECRET": PRODUCTION["ENTRA_CLIENT_SECRET"]}
+    [command] = readme_commands("emulator", client)
+    assert command[:3] == ["python", "-m", "emulator"]
+    command = [sys.executable] + command[1:] + ["--instance", str(tmp_path / "emulator")]
+    for option, value in (("--port", str(port)), ("--cert", pki["emulator"]), ("--key", pki["emulator_key"])):
+        command = set_option(command, option, value)
+    procs.start("emulator", command, cwd=ROOT, env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
+    try:
+        procs.wait_for_port("emulator", port)
+        yield SimpleNamespace(url=f"https://127.0.0.1:{port}", pki=pki, procs=procs,
+                              client_id=client["FLASK_ENTRA_CLIENT_ID"],
+                              client_secret=client["FLASK_ENTRA_CLIENT_SECRET"])
+    finally:
+        procs.stop()

@@ -1,16 +1,39 @@
 """Helpers that drive the portal and the emulator through their real pages."""
 from __future__ import annotations
 
+import base64
+import datetime
+import hashlib
+import ipaddress
 import os
 import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from urllib.parse import urlsplit
 
-import vault
-from models import db
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+import vault
+from models import LoginSession, Organization, StoredProfile, User, db
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PASSWORD = "correct horse battery staple"
 TEST_KEY = vault.generate_key()
+PORTAL_HOST = "portal.example.com"
+# The portal's settings as deployed (DEMO_MODE off): the one production configuration the tests start from.
+PRODUCTION = {"SECRET_KEY": "p" * 48, "SERVER_NAME": PORTAL_HOST, "ENCRYPTION_KEYS": [TEST_KEY],
+              "ENTRA_CLIENT_ID": "3c9a7f2e-5b1d-4e8a-9f60-2d4b8c1e7a35",
+              "ENTRA_CLIENT_SECRET": "Qx8Q~vR2.kT9yLm_3pN7wZ4bC6dF1gH5jK0sA"}
 
 
 class _Forms(HTMLParser):
@@ -193,21 +216,183 @@ def database_bytes(app) -> bytes:
     return found
 
 
-def readme_gunicorn(port: int, *, instance_path: str, workers: int | None = None) -> list[str]:
-    """The README's gunicorn command (its one ```sh block that runs gunicorn), bound to `port` on 127.0.0.1,
-    with the app built in `instance_path`; `workers` overrides the worker count."""
-    import os
-    import shlex
-    import sys
+def sign_in_state(app):
+    """Everything a failed sign-in must leave untouched."""
+    with app.app_context():
+        count = lambda m: db.session.scalar(db.select(db.func.count()).select_from(m))  # noqa: E731
+        orgs = [(o.tenant_id, o.sso_active) for o in db.session.execute(db.select(Organization)).scalars()]
+        return count(User), count(StoredProfile), count(LoginSession), orgs
 
-    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md"),
-                  encoding="utf-8").read()
-    blocks = [b for b in re.findall(r"```sh\n(.*?)```", readme, re.S) if b.lstrip().startswith("gunicorn ")]
-    assert len(blocks) == 1, "the README should give one gunicorn command in one sh block"
-    args = shlex.split(blocks[0])
-    assert args[-1] == "app:create_app()"
-    args[args.index("--bind") + 1] = f"127.0.0.1:{port}"
+
+def signed_in(client) -> bool:
+    return client.get("/profile/").status_code == 200
+
+
+def dump_database(app) -> dict[str, list[tuple]]:
+    """Every row of every table, except a session's last-seen time (touched at most once a minute by design) and
+    the sign-in throttles' counters (every throttled request counts, whatever its answer: test_throttles.py)."""
+    out = {}
+    with app.app_context():
+        for table in db.metadata.sorted_tables:
+            if table.name == "sign_in_hits":
+                continue
+            columns = [c for c in table.columns if (table.name, c.name) != ("login_sessions", "last_seen_at")]
+            rows = db.session.execute(db.select(*columns).order_by(*table.primary_key.columns)).all()
+            out[table.name] = [tuple(r) for r in rows]
+    return out
+
+
+def all_at_once(requests):
+    """Run the callables in threads (one each) released together; return their results in order."""
+    gate = threading.Barrier(len(requests))
+
+    def run(fn):
+        gate.wait()
+        return fn()
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(run, requests))
+
+
+# -- the README's deployment blocks: the one reader every test of the README uses -------------------------
+
+def readme_block(name: str) -> str:
+    """The README's code block marked `<!-- deploy-test: NAME -->`."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    found = re.search(rf"<!-- deploy-test: {re.escape(name)} -->\n```[a-z]*\n(.*?)\n```", text, re.S)
+    assert found, f"README.md has no code block marked <!-- deploy-test: {name} -->"
+    return found.group(1)
+
+
+def readme_env(name: str) -> dict[str, str]:
+    """KEY=value lines, quoted as a shell (and systemd's EnvironmentFile) reads them."""
+    env = {}
+    for line in readme_block(name).splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            env[key.strip()] = "".join(shlex.split(value))
+    return env
+
+
+def readme_commands(name: str, env: dict[str, str] | None = None) -> list[list[str]]:
+    """The block's commands as argument lists: `\\` continuations joined, "$VAR" taken from `env`."""
+    text = readme_block(name).replace("\\\n", " ")
+    return [[re.sub(r"\$(\w+)", lambda m: (env or {})[m.group(1)], arg) for arg in shlex.split(line)]
+            for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def set_option(args: list[str], option: str, value: str) -> list[str]:
+    """`args` with the value after `option` replaced; the README's command must have that option."""
+    assert option in args, f"the README's command has no {option}: {args}"
+    i = args.index(option)
+    return args[:i + 1] + [value] + args[i + 2:]
+
+
+def readme_gunicorn(port: int, *, instance_path: str, workers: int | None = None, config: dict | None = None
+                    ) -> list[str]:
+    """The README's gunicorn command bound to `port` on 127.0.0.1, with the app built in `instance_path` (and
+    `config`, if given); `workers` overrides the worker count."""
+    [args] = readme_commands("gunicorn")
+    assert args[0] == "gunicorn" and args[-1] == "app:create_app()"
+    args = set_option(args, "--bind", f"127.0.0.1:{port}")
     if workers is not None:
-        args[args.index("--workers") + 1] = str(workers)
-    args[-1] = f"app:create_app(instance_path={instance_path!r})"
-    return [sys.executable, "-m", "gunicorn"] + args[1:]
+        args = set_option(args, "--workers", str(workers))
+    call = f"{config!r}, instance_path={instance_path!r}" if config else f"instance_path={instance_path!r}"
+    return [sys.executable, "-m", "gunicorn"] + args[1:-1] + [f"app:create_app({call})"]
+
+
+# -- certificates -------------------------------------------------------------------------------------
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def make_pki(folder) -> dict[str, str]:
+    """A CA and two server certificates it signs (the portal's for nginx, the emulator's); PEM file paths."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(_name("Portal test CA")).issuer_name(_name("Portal test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    paths = {"ca": str(folder / "ca.pem")}
+    (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    spki = []
+    for label, names in (("portal", [x509.DNSName(PORTAL_HOST)]),
+                         ("emulator", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (x509.CertificateBuilder().subject_name(_name(label)).issuer_name(ca.subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName(names), critical=False)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .sign(ca_key, hashes.SHA256()))
+        chain = cert.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM)
+        (folder / f"{label}.pem").write_bytes(chain)
+        (folder / f"{label}-key.pem").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        paths[label], paths[label + "_key"] = str(folder / f"{label}.pem"), str(folder / f"{label}-key.pem")
+        der = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+        spki.append(base64.b64encode(hashlib.sha256(der).digest()).decode())
+    # Chromium trusts exactly these two keys (its own flag for test servers); nothing else is relaxed.
+    paths["spki"] = ",".join(spki)
+    return paths
+
+
+# -- servers of a test's own ----------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Processes:
+    """Servers started by this test, each in its own process group, with its output in a log file."""
+
+    def __init__(self, folder) -> None:
+        self.folder = folder
+        self.running: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, args: list[str], **kwargs) -> subprocess.Popen:
+        log = open(self.folder / f"{name}.log", "wb")
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, **kwargs)
+        log.close()
+        self.running.append((name, proc))
+        return proc
+
+    def log(self, name: str) -> str:
+        path = self.folder / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_for_port(self, name: str, port: int, timeout: float = 30) -> None:
+        proc = dict(self.running)[name]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited with {proc.returncode}:\n{self.log(name)}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"{name} did not listen on {port} within {timeout} s:\n{self.log(name)}")
+
+    def stop(self) -> None:
+        for name, proc in reversed(self.running):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for name, proc in reversed(self.running):
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

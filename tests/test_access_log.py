@@ -6,38 +6,20 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import shutil
-import socket
 import subprocess
-import sys
 import time
 
 import pytest
 import requests
 
-from helpers import TEST_KEY
+from helpers import ROOT, TEST_KEY, free_port, readme_block, readme_gunicorn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRETS = ("SECRET-CODE-0xq", "SECRET-STATE-7kz", "SECRET-CONSENT-STATE-3mw", "someone%40example.com")
 CALLBACKS = ("/auth/callback?code=SECRET-CODE-0xq&state=SECRET-STATE-7kz&session_state=abc",
              "/auth/admin-consent/callback?admin_consent=True&tenant=x&state=SECRET-CONSENT-STATE-3mw",
              "/login?next=%2Fprofile%2F&login_hint=someone%40example.com")
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
-
-
-def _readme_block(language: str, starts: str) -> str:
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        blocks = re.findall(rf"```{language}\n(.*?)```", f.read(), re.S)
-    found = [b for b in blocks if b.lstrip().startswith(starts)]
-    assert found, f"no ```{language} block starting with {starts!r} in the README"
-    return found[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(url: str, proc: subprocess.Popen) -> None:
@@ -58,19 +40,11 @@ def _visit(base: str) -> None:
 
 
 def test_gunicorn_with_the_readmes_access_log_drops_the_callbacks_query(tmp_path):
-    args = shlex.split(_readme_block("sh", "gunicorn ").strip().splitlines()[0])
-    assert "--access-logfile" in args
-    port = _free_port()
+    port = free_port()
     config = {"DEMO_MODE": True, "SECRET_KEY": "t" * 48, "ENCRYPTION_KEYS": [TEST_KEY],
               "SERVER_NAME": f"127.0.0.1:{port}", "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/portal.sqlite"}
-    for i, arg in enumerate(args):
-        if arg == "--bind":
-            args[i + 1] = f"127.0.0.1:{port}"
-        elif arg == "--workers":
-            args[i + 1] = "1"
-    assert args[-1] == "app:create_app()"
-    args[-1] = f"app:create_app({config!r}, instance_path={str(tmp_path / 'instance')!r})"
-    args[0] = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    args = readme_gunicorn(port, instance_path=str(tmp_path / "instance"), workers=1, config=config)
+    assert "--access-logfile" in args
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait(f"http://127.0.0.1:{port}/healthz", proc)
@@ -89,11 +63,11 @@ def test_gunicorn_with_the_readmes_access_log_drops_the_callbacks_query(tmp_path
 
 @pytest.mark.skipif(NGINX is None and os.environ.get("CI") != "true", reason="nginx is not installed")
 def test_nginx_with_the_readmes_log_format_drops_the_callbacks_query(tmp_path):
-    block = _readme_block("nginx", "")
+    block = readme_block("nginx")
     log_format = re.search(r"^\s*(log_format\s+(\w+)\s.*?;)\s*$", block, re.S | re.M)
     assert log_format, "no log_format in the README's nginx block"
     assert re.search(rf"^\s*access_log\s+\S+\s+{log_format.group(2)};", block, re.M), "access_log does not use it"
-    port, log = _free_port(), tmp_path / "access.log"
+    port, log = free_port(), tmp_path / "access.log"
     temp = "".join(f"{kind}_temp_path {tmp_path}/{kind};\n" for kind in
                    ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     (tmp_path / "nginx.conf").write_text(f"""

@@ -10,7 +10,6 @@ import accounts
 from helpers import (FABRIKAM_TID, NORTHWIND_TID, PASSWORD, activate_sso, csrf, password_sign_in, submit,
                      through_microsoft)
 from models import AuditEvent, Organization, db
-from test_sso import active  # noqa: F401  (the fixture: Northwind with SSO active, browser signed out)
 
 GRANT = "Grant admin consent for your organization"
 CALLBACK = "/auth/admin-consent/callback"

@@ -6,10 +6,7 @@ import os
 import pytest
 
 from app import ConfigError, create_app
-from helpers import TEST_KEY
-
-REAL = {"SECRET_KEY": "s" * 40, "ENTRA_CLIENT_ID": "11111111-1111-1111-1111-111111111111",
-        "ENTRA_CLIENT_SECRET": "not-a-real-secret", "SERVER_NAME": "portal.example.com", "ENCRYPTION_KEYS": [TEST_KEY]}
+from helpers import PRODUCTION, TEST_KEY
 
 
 def test_layers_instance_config_then_env_then_test_config(tmp_path, monkeypatch):
@@ -18,7 +15,7 @@ def test_layers_instance_config_then_env_then_test_config(tmp_path, monkeypatch)
     (inst / "config.py").write_text("SESSION_IDLE_MINUTES = 11\nSESSION_MAX_HOURS = 3\nENTRA_TIMEOUT = 4\n")
     monkeypatch.setenv("FLASK_SESSION_MAX_HOURS", "5")
     monkeypatch.setenv("FLASK_ENTRA_TIMEOUT", "6")
-    app = create_app({**REAL, "ENTRA_TIMEOUT": 7}, instance_path=str(inst))
+    app = create_app({**PRODUCTION, "ENTRA_TIMEOUT": 7}, instance_path=str(inst))
     assert app.config["SESSION_IDLE_MINUTES"] == 11  # instance/config.py over the default
     assert app.config["SESSION_MAX_HOURS"] == 5  # environment over instance/config.py
     assert app.config["ENTRA_TIMEOUT"] == 7  # test config over everything
@@ -28,18 +25,18 @@ def test_layers_instance_config_then_env_then_test_config(tmp_path, monkeypatch)
 @pytest.mark.parametrize("secret", [None, "short", "changeme"])
 def test_missing_or_weak_secret_key_stops_start_up(tmp_path, secret):
     with pytest.raises(ConfigError, match="SECRET_KEY"):
-        create_app({**REAL, "SECRET_KEY": secret}, instance_path=str(tmp_path))
+        create_app({**PRODUCTION, "SECRET_KEY": secret}, instance_path=str(tmp_path))
 
 
 def test_missing_entra_settings_are_named(tmp_path):
     with pytest.raises(ConfigError) as e:
-        create_app({**REAL, "ENTRA_CLIENT_ID": None, "ENTRA_CLIENT_SECRET": ""}, instance_path=str(tmp_path))
+        create_app({**PRODUCTION, "ENTRA_CLIENT_ID": None, "ENTRA_CLIENT_SECRET": ""}, instance_path=str(tmp_path))
     assert "ENTRA_CLIENT_ID" in str(e.value) and "ENTRA_CLIENT_SECRET" in str(e.value)
 
 
 def test_demo_mode_refuses_real_entra_settings(tmp_path):
     with pytest.raises(ConfigError, match="DEMO_MODE"):
-        create_app({**REAL, "DEMO_MODE": True}, instance_path=str(tmp_path))
+        create_app({**PRODUCTION, "DEMO_MODE": True}, instance_path=str(tmp_path))
 
 
 def test_demo_mode_keeps_one_generated_secret_key(tmp_path):
@@ -51,7 +48,7 @@ def test_demo_mode_keeps_one_generated_secret_key(tmp_path):
 
 
 def test_real_mode_cookie_is_secure_and_host_locked(tmp_path):
-    app = create_app(REAL, instance_path=str(tmp_path))
+    app = create_app(PRODUCTION, instance_path=str(tmp_path))
     assert app.config["SESSION_COOKIE_SECURE"] is True
     assert app.config["SESSION_COOKIE_NAME"].startswith("__Host-")
 

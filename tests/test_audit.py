@@ -11,7 +11,6 @@ import accounts
 import entra
 from helpers import PASSWORD, activate_sso, csrf, password_sign_in, sign_out, sso_sign_in, submit, through_microsoft
 from models import AuditEvent, Organization, User, db
-from test_sso import active  # noqa: F401  (the fixture: Northwind with SSO active, browser signed out)
 
 GRANT = "Grant admin consent for your organization"
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")

@@ -1,15 +1,11 @@
 """Many browsers at once: parallel first sign-ins, activations and profile writes (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
-import threading
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 
 import accounts
-from helpers import NORTHWIND_TID, password_sign_in, start_sso, submit, through_microsoft
+from helpers import NORTHWIND_TID, all_at_once, password_sign_in, start_sso, submit, through_microsoft
 from models import AuditEvent, Organization, StoredProfile, User, db
-from test_sso import active  # noqa: F401 - the fixture: Northwind with SSO active
 
 PARALLEL = 50
 LENA = ("lena.fischer@northwind.example", "1b7e2d63-8d2f-4e1c-8b68-4f3a2c9d5e02")
@@ -20,18 +16,6 @@ OMAR = ("omar.haddad@northwind.example", "2c8f3e74-9e3a-4f2d-9c79-5a4b3dae6f03")
 def no_throttle(app):
     """Fifty sign-ins of one account from one address are the point here, not an attack."""
     app.config.update(RATELIMIT_SIGN_IN_PER_IP="100000 per minute", RATELIMIT_SIGN_IN_PER_ACCOUNT="100000 per minute")
-
-
-def _all_at_once(requests):
-    """Run the callables in PARALLEL threads released together; return their results in order."""
-    gate = threading.Barrier(len(requests))
-
-    def run(fn):
-        gate.wait()
-        return fn()
-
-    with ThreadPoolExecutor(len(requests)) as pool:
-        return list(pool.map(run, requests))
 
 
 def _returns_from_microsoft(app, email: str, n: int):
@@ -46,7 +30,7 @@ def _returns_from_microsoft(app, email: str, n: int):
 
 
 def _callbacks(pending):
-    return _all_at_once([lambda b=browser, url=url: b.get(url) for browser, url in pending])
+    return all_at_once([lambda b=browser, url=url: b.get(url) for browser, url in pending])
 
 
 def _count(model, *where) -> int:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -14,12 +13,9 @@ import requests
 import entra
 import vault
 from app import ConfigError, create_app
-from helpers import TEST_KEY
+from helpers import PRODUCTION, ROOT, TEST_KEY, free_port, readme_env
 from models import db
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REAL = {"SECRET_KEY": "s" * 40, "ENTRA_CLIENT_ID": "11111111-1111-1111-1111-111111111111",
-        "ENTRA_CLIENT_SECRET": "not-a-real-secret", "SERVER_NAME": "portal.example.com", "ENCRYPTION_KEYS": [TEST_KEY]}
 # `flask --app app ARGS` exactly, except that the instance folder is the test's (flask's own group and loader).
 FLASK = ("import sys; from flask.cli import FlaskGroup; from app import create_app; "
          "FlaskGroup(create_app=lambda: create_app(instance_path=sys.argv[1])).main(sys.argv[2:], prog_name='flask')")
@@ -33,9 +29,9 @@ def flask(tmp_path, *args: str, env: dict | None = None, stdin: str = "", timeou
 
 
 def settings(database_uri=None, **more) -> dict:
-    env = {"FLASK_SECRET_KEY": "s" * 40, "FLASK_ENTRA_CLIENT_ID": REAL["ENTRA_CLIENT_ID"],
-           "FLASK_ENTRA_CLIENT_SECRET": "not-a-real-secret", "FLASK_SERVER_NAME": "portal.example.com",
-           "FLASK_ENCRYPTION_KEYS": TEST_KEY}
+    """PRODUCTION as the FLASK_* environment, plus `more`."""
+    env = {f"FLASK_{key}": value for key, value in PRODUCTION.items() if key != "ENCRYPTION_KEYS"}
+    env["FLASK_ENCRYPTION_KEYS"] = TEST_KEY
     if database_uri:
         env["FLASK_SQLALCHEMY_DATABASE_URI"] = database_uri
     return {**env, **more}
@@ -56,27 +52,27 @@ def one_error_line(result) -> str:
 def test_a_boolean_from_the_environment_must_be_a_real_boolean(tmp_path, monkeypatch, key, value):
     monkeypatch.setenv(f"FLASK_{key}", value)
     with pytest.raises(ConfigError) as e:
-        create_app(REAL, instance_path=str(tmp_path))
+        create_app(PRODUCTION, instance_path=str(tmp_path))
     assert str(e.value).startswith(f"{key} must be true or false") and "\n" not in str(e.value)
 
 
 def test_a_boolean_string_in_instance_config_is_refused(tmp_path):
     (tmp_path / "config.py").write_text('DEBUG = "False"\n')
     with pytest.raises(ConfigError, match="^DEBUG must be true or false"):
-        create_app(REAL, instance_path=str(tmp_path))
+        create_app(PRODUCTION, instance_path=str(tmp_path))
 
 
 @pytest.mark.parametrize("value, debug", [("false", False), ("0", False), ("true", True), ("1", True)])
 def test_json_booleans_and_1_0_are_accepted(tmp_path, monkeypatch, value, debug):
     monkeypatch.setenv("FLASK_DEBUG", value)
-    assert create_app(REAL, instance_path=str(tmp_path)).debug is debug
+    assert create_app(PRODUCTION, instance_path=str(tmp_path)).debug is debug
 
 
 def test_debug_relaxes_no_secret_key_cookie_or_hsts(tmp_path, monkeypatch):
     (tmp_path / "secret_key").write_text("k" * 48)  # as an earlier demo run leaves it
     with pytest.raises(ConfigError, match="SECRET_KEY"):
-        create_app({**REAL, "SECRET_KEY": None, "DEBUG": True}, instance_path=str(tmp_path))
-    app = create_app({**REAL, "DEBUG": True}, instance_path=str(tmp_path))
+        create_app({**PRODUCTION, "SECRET_KEY": None, "DEBUG": True}, instance_path=str(tmp_path))
+    app = create_app({**PRODUCTION, "DEBUG": True}, instance_path=str(tmp_path))
     assert app.debug is True
     resp = app.test_client().get("/login", base_url="https://portal.example.com")
     assert resp.headers["Strict-Transport-Security"].startswith("max-age=")
@@ -87,7 +83,7 @@ def test_debug_relaxes_no_secret_key_cookie_or_hsts(tmp_path, monkeypatch):
 def test_numbers_are_checked(tmp_path, monkeypatch):
     monkeypatch.setenv("FLASK_ENTRA_TIMEOUT", "ten")
     with pytest.raises(ConfigError, match="^ENTRA_TIMEOUT must be a number"):
-        create_app(REAL, instance_path=str(tmp_path))
+        create_app(PRODUCTION, instance_path=str(tmp_path))
 
 
 # -- demo mode on this computer only --------------------------------------------------------------
@@ -123,15 +119,9 @@ def test_demo_app_checks_the_socket_peer_not_what_a_proxy_claims(tmp_path):
 
 
 def test_production_app_serves_other_computers(tmp_path):
-    client = create_app(REAL, instance_path=str(tmp_path)).test_client()
+    client = create_app(PRODUCTION, instance_path=str(tmp_path)).test_client()
     resp = client.get("/login", base_url="https://portal.example.com", environ_base={"REMOTE_ADDR": "203.0.113.9"})
     assert resp.status_code == 200
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class HttpBrowser:
@@ -160,7 +150,7 @@ class HttpBrowser:
 
 
 def test_demo_on_another_port_works_end_to_end(tmp_path):
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FLASK_")}
     server = subprocess.Popen([sys.executable, "-c", FLASK, str(tmp_path / "instance"), "demo", "--port", str(port)],
@@ -234,7 +224,7 @@ def test_create_org_before_db_upgrade_then_after(tmp_path, database_uri):
 
 @pytest.mark.parametrize("args", [["create-org", "Acme", "--domain", "acme.example"], ["db", "upgrade"], ["run"]])
 def test_a_database_that_cannot_be_reached_is_one_line(tmp_path, args):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     env = settings(f"postgresql+psycopg://portal:hunter2-secret@127.0.0.1:{port}/portal")
     result = flask(tmp_path, *args, env=env)
     line = one_error_line(result)
@@ -268,7 +258,7 @@ def _production_app(tmp_path, *, upgrade: bool = True, **config):
     """A production configuration whose Microsoft is the emulator, mounted on the portal's session as tests do."""
     from emulator import Emulator
 
-    app = create_app({**REAL, **config}, instance_path=str(tmp_path / "instance"))
+    app = create_app({**PRODUCTION, **config}, instance_path=str(tmp_path / "instance"))
     emulator = Emulator(str(tmp_path / "emulator"), browser_url="https://login.microsoftonline.com", clients={})
     emulator.mount(entra.get_http(app))
     if upgrade:
@@ -296,7 +286,7 @@ def test_check_config_in_production_against_the_emulator(tmp_path, database_uri)
 
 
 def test_check_config_refuses_an_authority_that_does_not_answer(tmp_path):
-    port = _free_port()
+    port = free_port()
     app = _production_app(tmp_path, ENTRA_AUTHORITY=f"https://127.0.0.1:{port}/organizations", ENTRA_TIMEOUT=3)
     result = app.test_cli_runner().invoke(args=["check-config"])
     assert result.exit_code == 1
@@ -346,7 +336,7 @@ def test_config_example_lists_every_setting_with_its_default():
 
 
 def test_check_config_with_the_real_cli_and_an_authority_that_does_not_answer(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = settings(FLASK_ENTRA_AUTHORITY=f"https://127.0.0.1:{port}/organizations", FLASK_ENTRA_TIMEOUT="3")
     assert flask(tmp_path, "db", "upgrade", env=env).returncode == 0
     result = flask(tmp_path, "check-config", env=env)
@@ -354,3 +344,30 @@ def test_check_config_with_the_real_cli_and_an_authority_that_does_not_answer(tm
                                       "configuration could not be reached (ConnectionError). Check ENTRA_AUTHORITY "
                                       f"(https://127.0.0.1:{port}/organizations).")
     assert result.stdout == ""
+
+
+def test_check_config_with_the_real_cli_against_the_emulator_as_its_own_server(tmp_path, database_uri, emulator_server):
+    # The README's staging environment, pointed at the emulator's port and the test's CA.
+    url = emulator_server.url
+    staging = {key: value.replace("https://127.0.0.1:8443", url) for key, value in
+               readme_env("staging-environment").items()}
+    env = settings(database_uri, **{**staging, "FLASK_ENTRA_CA_BUNDLE": emulator_server.pki["ca"]})
+    assert env["FLASK_ENTRA_AUTHORITY"] == url + "/organizations"
+    upgrade = flask(tmp_path, "db", "upgrade", env=env)
+    assert upgrade.returncode == 0, upgrade.stderr
+
+    result = flask(tmp_path, "check-config", env=env)
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    assert result.stdout.splitlines()[:4] == [
+        f"Settings: complete. Discovery: {url}/organizations/v2.0/.well-known/openid-configuration names the "
+        f"expected issuer {url}/{{tenantid}}/v2.0.",
+        "Register these redirect URIs (platform: Web) in the app registration:",
+        "  https://portal.example.com/auth/callback",
+        "  https://portal.example.com/auth/admin-consent/callback"]
+
+    # A wrong authority on the same server (a mistyped tenant): exit 1, the reason on one line, nothing on stdout.
+    wrong = flask(tmp_path, "check-config", env={**env, "FLASK_ENTRA_AUTHORITY": url + "/organisations"})
+    assert one_error_line(wrong) == (f"Error: {url}/organisations/v2.0/.well-known/openid-configuration answered "
+                                     f"HTTP 400 without an OpenID configuration. Check ENTRA_AUTHORITY "
+                                     f"({url}/organisations).")
+    assert wrong.stdout == ""

@@ -14,10 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 from app import create_app
-from helpers import TEST_KEY, activate_sso, sign_out, sso_sign_in, start_sso, through_microsoft
+from helpers import ROOT, TEST_KEY, activate_sso, sign_out, sso_sign_in, start_sso, through_microsoft
 from models import db
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOWN = b"The portal&#39;s database is not answering. Try again in a minute."
 
 

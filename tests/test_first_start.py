@@ -3,24 +3,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 
 import pytest
 import requests
 
-from helpers import TEST_KEY, readme_gunicorn
+from helpers import ROOT, TEST_KEY, free_port, readme_gunicorn
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Each worker says when it has built the app (and so run the start-up migrations).
 READY_HOOK = "def post_worker_init(worker):\n    print('worker ready', worker.pid, flush=True)\n"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_instances_of_two_workers_start_together_on_an_empty_database(tmp_path, database_uri):
@@ -33,7 +25,7 @@ def test_two_instances_of_two_workers_start_together_on_an_empty_database(tmp_pa
                FLASK_ENCRYPTION_KEYS=json.dumps([TEST_KEY]))
     if database_uri:
         env["FLASK_SQLALCHEMY_DATABASE_URI"] = database_uri
-    ports, procs, logs = [_free_port(), _free_port()], [], []
+    ports, procs, logs = [free_port(), free_port()], [], []
     try:
         for port in ports:
             log = open(tmp_path / f"gunicorn-{port}.log", "w+")

@@ -5,9 +5,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from helpers import csrf, start_sso, submit, through_microsoft
+from helpers import csrf, sign_in_state, signed_in, start_sso, submit, through_microsoft
 from models import LoginSession, db
-from test_sso import _signed_in, _state, active  # noqa: F401  (shared fixture)
 
 LENA = "lena.fischer@northwind.example"
 
@@ -41,10 +40,10 @@ def _unredeemed_code(client, emulator) -> str:
 def test_callback_without_a_usable_state_asks_to_start_again(app, client, emulator, active, query):  # noqa: F811
     start_sso(client, LENA)  # a real pending flow that these answers must not reach
     emulator.requests.clear()
-    before = _state(app)
+    before = sign_in_state(app)
     resp = client.get("/auth/callback", query_string=query)
     assert resp.status_code == 400 and b"Start again" in resp.data and b'href="/login"' in resp.data
-    assert _token_calls(emulator) == 0 and _state(app) == before
+    assert _token_calls(emulator) == 0 and sign_in_state(app) == before
 
 
 def test_duplicated_state_with_the_real_value_is_refused_and_the_flow_survives(app, client, emulator, active):  # noqa: F811,E501
@@ -60,11 +59,11 @@ def test_both_code_and_error_is_an_error_and_the_code_is_not_redeemed(app, clien
     code = _unredeemed_code(client, emulator)
     state = _state_of(start_sso(client, LENA))
     emulator.requests.clear()
-    before = _state(app)
+    before = sign_in_state(app)
     resp = client.get("/auth/callback", query_string={
         "code": code, "state": state, "error": "access_denied", "error_description": "AADSTS65004: declined"})
     assert resp.status_code == 403 and b"Consent was declined" in resp.data
-    assert _token_calls(emulator) == 0 and _state(app) == before and not _signed_in(client)
+    assert _token_calls(emulator) == 0 and sign_in_state(app) == before and not signed_in(client)
 
 
 def test_replayed_callback_never_reaches_the_token_endpoint(app, client, emulator, active):  # noqa: F811
@@ -73,10 +72,10 @@ def test_replayed_callback_never_reaches_the_token_endpoint(app, client, emulato
     replay = back.request.url
     client.post("/logout", data={"csrf_token": csrf(client, "/")})
     emulator.requests.clear()
-    before = _state(app)
+    before = sign_in_state(app)
     resp = client.get(replay)
     assert resp.status_code == 400 and b"Start again" in resp.data
-    assert _token_calls(emulator) == 0 and _state(app) == before and not _signed_in(client)
+    assert _token_calls(emulator) == 0 and sign_in_state(app) == before and not signed_in(client)
 
 
 def test_failed_callback_consumes_the_flow_too(app, client, emulator, active):  # noqa: F811
@@ -92,10 +91,10 @@ def test_code_from_another_flow_fails_pkce(app, client, emulator, active):  # no
     code = _unredeemed_code(client, emulator)
     other = app.test_client()  # the victim's browser, with its own pending flow
     state = _state_of(start_sso(other, LENA))
-    before = _state(app)
+    before = sign_in_state(app)
     resp = other.get("/auth/callback", query_string={"code": code, "state": state})
     assert resp.status_code == 400 and b"AADSTS501481" in resp.data  # Microsoft refused the verifier
-    assert _state(app) == before and not _signed_in(other)
+    assert sign_in_state(app) == before and not signed_in(other)
 
 
 def test_callback_in_another_browser_is_refused(app, client, emulator, active):  # noqa: F811
@@ -107,7 +106,7 @@ def test_callback_in_another_browser_is_refused(app, client, emulator, active): 
     victim.get("/login")
     emulator.requests.clear()
     resp = victim.get(url)  # login CSRF: an attacker's finished sign-in pushed into a victim's browser
-    assert resp.status_code == 400 and not _signed_in(victim) and _token_calls(emulator) == 0
+    assert resp.status_code == 400 and not signed_in(victim) and _token_calls(emulator) == 0
 
 
 def test_flow_older_than_ten_minutes_has_expired(app, client, emulator, active):  # noqa: F811
@@ -120,7 +119,7 @@ def test_flow_older_than_ten_minutes_has_expired(app, client, emulator, active):
     emulator.requests.clear()
     resp = through_microsoft(client, go, user=LENA)
     assert resp.status_code == 400 and b"longer than 10 minutes" in resp.data
-    assert _token_calls(emulator) == 0 and not _signed_in(client)
+    assert _token_calls(emulator) == 0 and not signed_in(client)
 
 
 def test_two_tabs_signing_in_at_once_both_work(app, client, emulator, active):  # noqa: F811
@@ -128,7 +127,7 @@ def test_two_tabs_signing_in_at_once_both_work(app, client, emulator, active):  
     tab_b = start_sso(client, LENA)
     assert through_microsoft(client, tab_a, user=LENA).status_code == 303
     assert through_microsoft(client, tab_b, user=LENA).status_code == 303
-    assert _signed_in(client)
+    assert signed_in(client)
     with app.app_context():  # the second sign-in replaced the first session, it did not add one
         assert db.session.scalar(db.select(db.func.count()).select_from(LoginSession)) == 1
 
@@ -151,6 +150,6 @@ def test_back_button_after_sign_in_goes_where_the_sign_in_went(app, client, emul
     again = client.get(back.request.url)  # the browser's back button re-requests the callback
     assert again.status_code == 303 and again.headers["Location"] == "/profile/"
     assert again.headers["Cache-Control"] == "no-store" and _token_calls(emulator) == 0
-    assert _signed_in(client)  # and the sign-in that did finish still stands
+    assert signed_in(client)  # and the sign-in that did finish still stands
     other = client.get("/auth/callback", query_string={"state": "a-sign-in-of-another-browser", "code": "x"})
     assert other.status_code == 303 and other.headers["Location"] == "/"  # signed in: home, not "Start again"

@@ -5,8 +5,7 @@ import random
 import string
 import time
 
-from helpers import activate_sso, csrf
-from models import db
+from helpers import activate_sso, csrf, dump_database
 
 FUZZ_REQUESTS = 3000
 FUZZ_SECONDS = 60  # a wall-clock cap as well, so a slow machine ends the run early instead of late
@@ -28,20 +27,6 @@ KEYS = ["email", "password", "next", "state", "code", "error", "error_descriptio
 METHODS = ["GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"]
 CONTENT_TYPES = ["application/x-www-form-urlencoded", "multipart/form-data", "multipart/form-data; boundary=x",
                  "application/json", "text/plain", "application/x-www-form-urlencoded; charset=utf-16", "*/*", ""]
-
-
-def dump_database(app) -> dict[str, list[tuple]]:
-    """Every row of every table, except a session's last-seen time (touched at most once a minute by design) and
-    the sign-in throttles' counters (every throttled request counts, whatever its answer: test_throttles.py)."""
-    out = {}
-    with app.app_context():
-        for table in db.metadata.sorted_tables:
-            if table.name == "sign_in_hits":
-                continue
-            columns = [c for c in table.columns if (table.name, c.name) != ("login_sessions", "last_seen_at")]
-            rows = db.session.execute(db.select(*columns).order_by(*table.primary_key.columns)).all()
-            out[table.name] = [tuple(r) for r in rows]
-    return out
 
 
 def _value(rng: random.Random) -> str:

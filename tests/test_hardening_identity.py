@@ -7,9 +7,9 @@ import io
 import pytest
 
 import accounts
-from helpers import NORTHWIND_TID, PASSWORD, activate_sso, password_sign_in, sign_out, sso_sign_in, submit
+from helpers import (NORTHWIND_TID, PASSWORD, activate_sso, password_sign_in, sign_in_state, sign_out, signed_in,
+                     sso_sign_in, submit)
 from models import AuditEvent, Organization, User, db
-from test_sso import _signed_in, _state, active  # noqa: F401  (shared fixture)
 
 ADMIN = "admin@northwind.example"
 LENA = "lena.fischer@northwind.example"
@@ -109,13 +109,13 @@ def test_without_stored_copies_the_graph_mail_does_not_name_the_member_either(ap
 def test_a_token_signed_with_a_consumer_key_is_refused(app, client, emulator, active):  # noqa: F811
     jwks = emulator.wsgi.test_client().get("/organizations/discovery/v2.0/keys").get_json()
     assert all(k["issuer"] == "https://login.microsoftonline.com/{tenantid}/v2.0" for k in jwks["keys"])
-    before = _state(app)
+    before = sign_in_state(app)
     emulator.faults["id_token_alg"] = "consumer-key"
     consumer = emulator.wsgi.test_client().get("/organizations/discovery/v2.0/keys").get_json()["keys"]
     assert consumer[-1]["issuer"] == f"https://login.microsoftonline.com/{accounts.entra.PERSONAL_TENANT}/v2.0"
     resp = sso_sign_in(client, LENA)
     assert resp.status_code == 401 and b"could not be verified" in resp.data
-    assert _state(app) == before and not _signed_in(client)
+    assert sign_in_state(app) == before and not signed_in(client)
     with app.app_context():
         last = db.session.execute(db.select(AuditEvent).order_by(AuditEvent.id.desc())).scalars().first()
         assert (last.outcome, last.detail) == ("failure", "id_token_bad_key_issuer")

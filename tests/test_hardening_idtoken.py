@@ -7,9 +7,9 @@ from __future__ import annotations
 import jwt
 import pytest
 
-from helpers import NORTHWIND_TID, activate_sso, password_sign_in, sso_sign_in, submit, through_microsoft
+from helpers import (NORTHWIND_TID, activate_sso, password_sign_in, sign_in_state, signed_in, sso_sign_in, submit,
+                     through_microsoft)
 from models import AuditEvent, db
-from test_sso import _signed_in, _state, active  # noqa: F401  (shared fixture)
 
 LENA = "lena.fischer@northwind.example"
 ATTACKER_KEYS = "https://attacker.example/keys.json"
@@ -43,11 +43,11 @@ REFUSED = {
 @pytest.mark.parametrize("name", REFUSED)
 def test_forged_or_wrong_id_token_is_refused(app, client, emulator, active, name):  # noqa: F811
     emulator.faults.update(REFUSED[name])
-    before = _state(app)
+    before = sign_in_state(app)
     resp = sso_sign_in(client, LENA)
     assert resp.status_code in (401, 502), (name, resp.status_code, resp.data[:300])
     assert b"Error %d" % resp.status_code in resp.data  # the error page, not a stack trace
-    assert _state(app) == before and not _signed_in(client)
+    assert sign_in_state(app) == before and not signed_in(client)
     with app.app_context():
         event = db.session.execute(db.select(AuditEvent).order_by(AuditEvent.id.desc())).scalars().first()
         assert (event.action, event.outcome) == ("sign_in", "failure")
@@ -64,7 +64,7 @@ def test_keys_offered_in_the_header_are_never_fetched(client, emulator, active):
 def test_missing_kid_is_accepted_when_exactly_one_key_is_published(client, emulator, active):  # noqa: F811
     emulator.faults["id_token_header"] = {"kid": None}
     assert sso_sign_in(client, LENA).status_code == 303
-    assert _signed_in(client)
+    assert signed_in(client)
 
 
 def test_missing_kid_is_refused_when_several_keys_are_published(app, client, emulator, northwind):
@@ -82,15 +82,15 @@ def test_unparseable_extra_keys_in_the_jwks_are_ignored(client, emulator, active
     emulator.faults["jwks_extra_keys"] = [
         {"kty": "RSA", "kid": "broken", "n": "!!!", "e": "AQAB"}, {"kty": "EC", "kid": "ec", "crv": "P-256"},
         {"kty": "oct", "kid": "sym", "k": "c2VjcmV0"}, "not an object", {"kid": 7}, None]
-    assert sso_sign_in(client, LENA).status_code == 303 and _signed_in(client)
+    assert sso_sign_in(client, LENA).status_code == 303 and signed_in(client)
 
 
 def test_jwks_with_only_unusable_keys_refuses_cleanly(app, client, emulator, northwind):
     emulator.faults["jwks_keys"] = [{"kty": "RSA", "kid": "broken", "n": "!!!", "e": "AQAB"}, "junk"]
-    before = _state(app)
+    before = sign_in_state(app)
     resp = activate_sso(client)
     assert resp.status_code == 401 and b"could not be verified" in resp.data
-    assert _state(app)[3] == before[3]  # organisation still unbound
+    assert sign_in_state(app)[3] == before[3]  # organisation still unbound
 
 
 def test_unknown_kid_refetches_at_most_ten_times_a_minute(app, client, emulator, active):  # noqa: F811
@@ -125,13 +125,13 @@ def test_key_rotated_just_before_signing_is_fetched_once(client, emulator, activ
 ])
 def test_discovery_issuer_must_match_the_authority(app, client, emulator, northwind, issuer):
     emulator.faults["discovery"] = {"issuer": issuer}
-    before = _state(app)
+    before = sign_in_state(app)
     password_sign_in(client, "admin@northwind.example")
     consent = submit(client, client.get("/settings/security"), "Activate SSO")
     resp = submit(client, consent, "Continue to Microsoft")  # checked before the browser is sent anywhere
     assert resp.status_code == 502, resp.data[:300]
     assert b"configuration" in resp.data
-    assert _state(app)[3] == before[3]
+    assert sign_in_state(app)[3] == before[3]
     emulator.faults.pop("discovery")  # Microsoft's answer is right again: asked for again, and accepted
     consent = submit(client, client.get("/settings/security"), "Activate SSO")
     go = submit(client, consent, "Continue to Microsoft")

@@ -7,9 +7,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 import accounts
-from helpers import csrf, sso_sign_in
+from helpers import csrf, sign_in_state, signed_in, sso_sign_in
 from models import StoredProfile, User, db
-from test_sso import _signed_in, _state, active  # noqa: F401  (shared fixture)
 
 LENA = "lena.fischer@northwind.example"
 HOSTILE = {
@@ -73,10 +72,10 @@ def test_non_admin_path_with_a_newline_does_not_forge_a_log_line(app, client, ac
 
 def test_300_kb_id_token_is_refused_cleanly(app, client, emulator, active):  # noqa: F811
     emulator.faults["id_token_claims"] = {"filler": "x" * 300_000}
-    before = _state(app)
+    before = sign_in_state(app)
     resp = sso_sign_in(client, LENA)
     assert resp.status_code == 401 and b"could not be verified" in resp.data
-    assert _state(app) == before and not _signed_in(client)
+    assert sign_in_state(app) == before and not signed_in(client)
     assert len(resp.headers.get("Set-Cookie", "")) < 4096
 
 

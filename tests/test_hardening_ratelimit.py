@@ -6,7 +6,6 @@ import logging
 import pytest
 
 from helpers import PASSWORD, csrf, password_sign_in, sign_out, sso_sign_in
-from test_sso import active  # noqa: F401  (shared fixture)
 
 ADMIN = "admin@northwind.example"
 

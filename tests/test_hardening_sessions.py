@@ -4,10 +4,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from app import create_app
-from helpers import csrf, password_sign_in, sign_out, sso_sign_in, submit
+from helpers import PRODUCTION, csrf, password_sign_in, sign_out, signed_in, sso_sign_in, submit
 from models import LoginSession, db, utcnow
-from test_app import REAL
-from test_sso import _signed_in, active  # noqa: F401  (shared fixture)
 
 ADMIN = "admin@northwind.example"
 LENA = "lena.fischer@northwind.example"
@@ -26,7 +24,7 @@ def test_sign_in_rotates_the_session_and_drops_pre_login_keys(client, northwind)
     assert password_sign_in(client, ADMIN).status_code == 303
     with client.session_transaction() as s:
         assert s["sid"] != "fixated-by-an-attacker" and "planted" not in s
-    assert _cookie(client) != before and _signed_in(client)
+    assert _cookie(client) != before and signed_in(client)
 
 
 def test_sso_sign_in_drops_pre_login_keys(client, active):  # noqa: F811
@@ -39,7 +37,7 @@ def test_sso_sign_in_drops_pre_login_keys(client, active):  # noqa: F811
 
 
 def test_cookie_outside_demo_is_host_prefixed_secure_httponly_lax(tmp_path):
-    app = create_app(REAL, instance_path=str(tmp_path))
+    app = create_app(PRODUCTION, instance_path=str(tmp_path))
     resp = app.test_client().get("/login", base_url="https://portal.example.com")
     cookie = resp.headers["Set-Cookie"]
     assert cookie.startswith("__Host-portal_session=")
@@ -62,7 +60,7 @@ def test_signed_in_cookie_lasts_the_absolute_lifetime_and_is_not_resent_on_page_
     for _ in range(2):  # the CSRF secret came with the sign-in's cookie, so pages with forms do not change it
         page = client.get("/profile/")
         assert page.status_code == 200 and "Set-Cookie" not in page.headers
-    assert sign_out(client).status_code in (302, 303) and not _signed_in(client)  # the server-side row decides
+    assert sign_out(client).status_code in (302, 303) and not signed_in(client)  # the server-side row decides
 
 
 def _age_session(app, **ago):
@@ -88,23 +86,23 @@ def test_idle_timeout_ends_the_session(app, client, northwind):
 def test_activity_within_the_idle_timeout_keeps_the_session(app, client, northwind):
     password_sign_in(client, ADMIN)
     _age_session(app, last_seen_at=timedelta(minutes=29), created_at=timedelta(hours=7, minutes=59))
-    assert _signed_in(client)
+    assert signed_in(client)
 
 
 def test_absolute_lifetime_ends_an_active_session(app, client, northwind):
     password_sign_in(client, ADMIN)
     _age_session(app, last_seen_at=timedelta(seconds=5), created_at=timedelta(hours=8, minutes=1))
-    assert not _signed_in(client) and _rows(app) == 0
+    assert not signed_in(client) and _rows(app) == 0
 
 
 def test_timeouts_are_configurable(app, client, northwind):
     app.config.update(SESSION_IDLE_MINUTES=5, SESSION_MAX_HOURS=1)
     password_sign_in(client, ADMIN)
     _age_session(app, last_seen_at=timedelta(minutes=6))
-    assert not _signed_in(client)
+    assert not signed_in(client)
     password_sign_in(client, ADMIN)
     _age_session(app, created_at=timedelta(minutes=61))
-    assert not _signed_in(client)
+    assert not signed_in(client)
 
 
 def test_copied_cookie_replayed_after_sign_out_is_refused(app, client, northwind):
@@ -122,19 +120,19 @@ def test_deactivating_sso_ends_the_organisations_sso_sessions(app, active):  # n
     sso_sign_in(member, LENA)
     admin = app.test_client()
     password_sign_in(admin, ADMIN)
-    assert _signed_in(member)
+    assert signed_in(member)
     submit(admin, admin.get("/settings/security"), "Deactivate SSO")
-    assert not _signed_in(member)  # the member's copy of the cookie is worthless now
-    assert _signed_in(admin)  # the password session that did it goes on
+    assert not signed_in(member)  # the member's copy of the cookie is worthless now
+    assert signed_in(admin)  # the password session that did it goes on
 
 
 def test_sign_out_is_a_post_with_csrf(client, northwind):
     password_sign_in(client, ADMIN)
     assert client.get("/logout").status_code == 405
     assert client.post("/logout").status_code == 400
-    assert _signed_in(client)
+    assert signed_in(client)
     assert client.post("/logout", data={"csrf_token": csrf(client, "/")}).status_code == 303
-    assert not _signed_in(client)
+    assert not signed_in(client)
 
 
 def test_pending_flows_keep_the_cookie_under_4kb(client, active):  # noqa: F811

@@ -6,12 +6,9 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 
 from app import create_app
-from helpers import (PASSWORD, activate_sso, csrf, password_sign_in, start_sso, submit,
+from helpers import (PASSWORD, PRODUCTION, activate_sso, csrf, dump_database, password_sign_in, start_sso, submit,
                      through_microsoft)
 from models import AuditEvent, db
-from test_app import REAL
-from test_hardening_fuzz import dump_database
-from test_sso import active  # noqa: F401  (shared fixture)
 
 ADMIN = "admin@northwind.example"
 LENA = "lena.fischer@northwind.example"
@@ -74,7 +71,7 @@ def test_redirect_uri_and_sign_out_target_ignore_the_host_header(client, active)
 
 
 def test_trusted_hosts_refuses_other_hosts(tmp_path):
-    app = create_app({**REAL, "TRUSTED_HOSTS": ["portal.example.com"]}, instance_path=str(tmp_path))
+    app = create_app({**PRODUCTION, "TRUSTED_HOSTS": ["portal.example.com"]}, instance_path=str(tmp_path))
     client = app.test_client()
     assert client.get("/login", base_url="https://portal.example.com").status_code == 200
     refused = client.get("/login", base_url="https://evil.example")
@@ -140,7 +137,7 @@ def test_static_files_may_be_cached(client):
 
 
 def test_hsts_and_microsoft_in_form_action_outside_demo(tmp_path):
-    app = create_app(REAL, instance_path=str(tmp_path))
+    app = create_app(PRODUCTION, instance_path=str(tmp_path))
     resp = app.test_client().get("/login", base_url="https://portal.example.com")
     assert resp.headers["Strict-Transport-Security"].startswith("max-age=31536000")
     assert "form-action 'self' https://login.microsoftonline.com" in resp.headers["Content-Security-Policy"]

@@ -8,11 +8,8 @@ from alembic.script import ScriptDirectory
 
 import accounts
 from app import create_app
-from helpers import TEST_KEY
+from helpers import PRODUCTION
 from models import db
-
-REAL = {"SECRET_KEY": "s" * 40, "ENTRA_CLIENT_ID": "11111111-1111-1111-1111-111111111111",
-        "ENTRA_CLIENT_SECRET": "not-a-real-secret", "SERVER_NAME": "portal.example.com", "ENCRYPTION_KEYS": [TEST_KEY]}
 
 
 def _head() -> str:
@@ -28,7 +25,7 @@ def _revision_and_diff(app):
 @pytest.fixture
 def deployment(tmp_path, database_uri):
     """A real-mode portal on an empty database, as an operator first starts it."""
-    config = dict(REAL)
+    config = dict(PRODUCTION)
     if database_uri:
         config["SQLALCHEMY_DATABASE_URI"] = database_uri
     app = create_app(config, instance_path=str(tmp_path / "deploy"))

@@ -10,7 +10,6 @@ import sqlalchemy as sa
 import accounts
 from helpers import NORTHWIND_TID, PASSWORD, database_bytes, password_sign_in, sso_sign_in
 from models import AuditEvent, Domain, LoginSession, Organization, SignInHit, StoredProfile, User, db
-from test_sso import active  # noqa: F401  (the fixture: Northwind with SSO active, browser signed out)
 
 NORTHWIND = "Northwind Traders"
 ADMIN = "admin@northwind.example"

@@ -10,9 +10,8 @@ import pytest
 
 import accounts
 from app import ConfigError, create_app
-from helpers import PASSWORD, activate_sso, csrf, follow_link, password_sign_in, sign_out, sso_sign_in, submit
-from test_app import REAL
-from test_sso import active  # noqa: F401  (shared fixture)
+from helpers import (PASSWORD, PRODUCTION, activate_sso, csrf, follow_link, password_sign_in, sign_out, sso_sign_in,
+                     submit)
 
 ADMIN = "admin@northwind.example"
 LENA = "lena.fischer@northwind.example"
@@ -54,7 +53,7 @@ def test_demo_on_a_port_redirects_loopback_names_on_that_port(tmp_path, database
 
 
 def test_outside_demo_mode_trusted_hosts_refuses_localhost_plainly(tmp_path):
-    app = create_app({**REAL, "TRUSTED_HOSTS": ["portal.example.com"]}, instance_path=str(tmp_path))
+    app = create_app({**PRODUCTION, "TRUSTED_HOSTS": ["portal.example.com"]}, instance_path=str(tmp_path))
     refused = app.test_client().get("/login", base_url="http://localhost:5000")
     assert refused.status_code == 400 and b"not served here" in refused.data and "Location" not in refused.headers
 

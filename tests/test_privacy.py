@@ -14,7 +14,6 @@ import accounts
 import vault
 from helpers import csrf, database_bytes, follow_link, forms, password_sign_in, sign_out, sso_sign_in, submit
 from models import AuditEvent, LoginSession, Organization, StoredProfile, User, db, utcnow
-from test_sso import active  # noqa: F401  (Northwind with SSO activated, browser signed out)
 
 LENA = "lena.fischer@northwind.example"
 LENA_OID = "1b7e2d63-8d2f-4e1c-8b68-4f3a2c9d5e02"

@@ -7,9 +7,8 @@ import re
 import pytest
 
 import accounts
-from helpers import PASSWORD, csrf, password_sign_in, sign_out, submit
+from helpers import PASSWORD, csrf, password_sign_in, sign_out, signed_in, submit
 from models import AuditEvent, Organization, db
-from test_sso import active  # noqa: F401  (the fixture: Northwind with SSO active, browser signed out)
 
 SAVE = "Save single sign-on requirement"
 
@@ -47,10 +46,6 @@ def _events(app):
             db.select(AuditEvent).where(AuditEvent.action == "require_sso").order_by(AuditEvent.id)).scalars()]
 
 
-def _signed_in(client) -> bool:
-    return client.get("/profile/").status_code == 200
-
-
 def test_required_refuses_passwords_except_break_glass(app, client, people):
     password_sign_in(client, "admin@northwind.example")
     page = client.get("/settings/security")
@@ -63,12 +58,12 @@ def test_required_refuses_passwords_except_break_glass(app, client, people):
     for email in ("omar.haddad@northwind.example", "admin@northwind.example"):
         resp = password_sign_in(client, email)
         assert resp.status_code == 403 and b"requires single sign-on" in resp.data, email
-        assert not _signed_in(client)
+        assert not signed_in(client)
     wrong = password_sign_in(client, "omar.haddad@northwind.example", "not the password")
     assert wrong.status_code == 403 and b"requires single sign-on" in wrong.data
 
     assert password_sign_in(client, "rescue@northwind.example").status_code == 303
-    assert _signed_in(client)
+    assert signed_in(client)
     with app.app_context():
         refusals = db.session.execute(db.select(AuditEvent.detail).where(
             AuditEvent.action == "sign_in", AuditEvent.outcome == "failure")).scalars().all()
@@ -82,7 +77,7 @@ def test_required_answers_a_wrong_and_a_right_password_alike(app, client, people
 
     def answer(email, password):
         resp = password_sign_in(client, email, password)
-        assert not _signed_in(client)
+        assert not signed_in(client)
         page = re.sub(rb'<input[^>]*name="csrf_token"[^>]*>', b"", resp.data).replace(email.encode(), b"EMAIL")
         return resp.status_code, page
 
@@ -110,7 +105,7 @@ def test_break_glass_signs_in_from_a_new_address_while_someone_guesses(app, clie
     rescue = app.test_client()
     resp = rescue.post("/login/password", environ_base={"HTTP_X_FORWARDED_FOR": "203.0.113.5"}, data={
         "email": "rescue@northwind.example", "password": PASSWORD, "csrf_token": csrf(rescue)})
-    assert resp.status_code == 303 and _signed_in(rescue)
+    assert resp.status_code == 303 and signed_in(rescue)
 
 
 def test_turning_it_off_lets_passwords_in_again(app, client, people):
@@ -129,9 +124,9 @@ def test_turning_it_on_ends_other_password_sessions(app, client, people):
     password_sign_in(rescue, "rescue@northwind.example")
     password_sign_in(client, "admin@northwind.example")
     _set(client, True)
-    assert not _signed_in(member)  # signed in with a password before: out now
-    assert _signed_in(rescue)  # break-glass stays
-    assert _signed_in(client)  # the admin who turned it on keeps this session
+    assert not signed_in(member)  # signed in with a password before: out now
+    assert signed_in(rescue)  # break-glass stays
+    assert signed_in(client)  # the admin who turned it on keeps this session
     assert _events(app) == [("success", "on password_sessions_ended=1")]
 
 

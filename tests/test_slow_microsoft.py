@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -13,11 +12,10 @@ import requests
 
 import accounts
 from app import create_app
-from helpers import PASSWORD, TEST_KEY, activate_sso, password_sign_in, readme_gunicorn, sign_out, start_sso, \
-    through_microsoft
+from helpers import (PASSWORD, ROOT, TEST_KEY, activate_sso, free_port, password_sign_in, readme_gunicorn, sign_out,
+                     start_sso, through_microsoft)
 from models import db
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "login.microsoftonline.com/organizations/oauth2/v2.0/token"
 LENA = "lena.fischer@northwind.example"
 
@@ -71,12 +69,6 @@ class Http:
         return self._send("POST", path, data=data)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # The gunicorn workers' emulator answers the token endpoint after 60 s (cut at the portal's timeout).
 SLOW_TOKEN_HOOK = f"""
 def post_worker_init(worker):
@@ -86,7 +78,7 @@ def post_worker_init(worker):
 
 
 def test_pages_answer_while_twenty_sign_ins_wait_on_a_slow_token_endpoint(tmp_path, database_uri):
-    port, timeout = _free_port(), 4
+    port, timeout = free_port(), 4
     base = f"http://127.0.0.1:{port}"
     instance = str(tmp_path / "instance")
     setup = _demo_app(instance, database_uri, f"127.0.0.1:{port}")

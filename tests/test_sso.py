@@ -4,30 +4,9 @@ from __future__ import annotations
 import pytest
 
 import accounts
-from helpers import (FABRIKAM_TID, NORTHWIND_TID, activate_sso, password_sign_in, sign_out, sso_sign_in, start_sso,
-                     submit, through_microsoft)
-from models import AuditEvent, LoginSession, Organization, StoredProfile, User, db
-
-
-@pytest.fixture
-def active(app, client, northwind):
-    """Northwind with SSO activated by its admin; the browser is signed out again."""
-    resp = activate_sso(client)
-    assert resp.status_code == 303 and resp.headers["Location"].endswith("/settings/security")
-    sign_out(client)
-    return northwind
-
-
-def _state(app):
-    """Everything a failed sign-in must leave untouched."""
-    with app.app_context():
-        count = lambda m: db.session.scalar(db.select(db.func.count()).select_from(m))  # noqa: E731
-        orgs = [(o.tenant_id, o.sso_active) for o in db.session.execute(db.select(Organization)).scalars()]
-        return count(User), count(StoredProfile), count(LoginSession), orgs
-
-
-def _signed_in(client) -> bool:
-    return client.get("/profile/").status_code == 200
+from helpers import (FABRIKAM_TID, NORTHWIND_TID, activate_sso, password_sign_in, sign_in_state, sign_out, signed_in,
+                     sso_sign_in, start_sso, submit, through_microsoft)
+from models import AuditEvent, Organization, User, db
 
 
 # -- activation ---------------------------------------------------------------------------------
@@ -49,11 +28,11 @@ def test_admin_activates_sso_and_the_tenant_is_bound(app, client, northwind):
 
 
 def test_activation_with_an_account_of_another_domain_changes_nothing(app, client, northwind):
-    before = _state(app)
+    before = sign_in_state(app)
     resp = activate_sso(client, microsoft_user="admin@fabrikam.example")
     assert resp.status_code == 403
     assert b"does not have a verified email" in resp.data
-    after = _state(app)
+    after = sign_in_state(app)
     assert after[3] == before[3] and after[1] == before[1]  # organisation unbound, nothing stored
     assert b"Off" in client.get("/settings/security").data
 
@@ -119,7 +98,7 @@ def test_second_sign_in_explains_again_until_admin_consent_and_calls_microsoft_t
     assert resp.status_code == 200 and b"Before you continue to Microsoft" in resp.data
     back = through_microsoft(client, submit(client, resp, "Continue to Microsoft"),
                              user="lena.fischer@northwind.example")
-    assert back.status_code == 303 and _signed_in(client)
+    assert back.status_code == 303 and signed_in(client)
     calls = [(method, url.split("?")[0]) for method, url, _ in emulator.requests]
     assert calls == [
         ("POST", "https://login.microsoftonline.com/organizations/oauth2/v2.0/token"),
@@ -183,39 +162,39 @@ def test_sign_out_goes_through_microsoft_and_back(client, active):
     assert resp.status_code == 303 and "/_entra/organizations/oauth2/v2.0/logout" in resp.headers["Location"]
     back = client.get(resp.headers["Location"])
     assert back.status_code in (302, 303) and back.headers["Location"].endswith("/login")
-    assert not _signed_in(client)
+    assert not signed_in(client)
 
 
 def test_account_of_another_tenant_is_refused(app, client, active):
-    before = _state(app)
+    before = sign_in_state(app)
     resp = sso_sign_in(client, "lena.fischer@northwind.example", user="ines.moreau@fabrikam.example")
     assert resp.status_code == 403 and b"another organisation" in resp.data
-    assert _state(app) == before and not _signed_in(client)
+    assert sign_in_state(app) == before and not signed_in(client)
 
 
 # -- Entra's errors -----------------------------------------------------------------------------
 
 def test_member_declines_consent(app, client, active):
-    before = _state(app)
+    before = sign_in_state(app)
     resp = sso_sign_in(client, "lena.fischer@northwind.example", accept=False)
     assert resp.status_code == 403 and b"Consent was declined" in resp.data
-    assert _state(app) == before and not _signed_in(client)
+    assert sign_in_state(app) == before and not signed_in(client)
 
 
 def test_tenant_that_needs_admin_approval(app, client, emulator, active):
     emulator.set_tenant(NORTHWIND_TID, users_may_consent=False)
-    before = _state(app)
+    before = sign_in_state(app)
     resp = sso_sign_in(client, "lena.fischer@northwind.example")
     assert resp.status_code == 403 and b"administrator must approve" in resp.data and b"AADSTS90094" in resp.data
-    assert _state(app) == before
+    assert sign_in_state(app) == before
 
 
 def test_user_not_assigned(app, client, emulator, active):
     emulator.set_tenant(NORTHWIND_TID, assignment_required=True, assigned=[])
-    before = _state(app)
+    before = sign_in_state(app)
     resp = sso_sign_in(client, "lena.fischer@northwind.example")
     assert resp.status_code == 403 and b"not assigned" in resp.data and b"AADSTS50105" in resp.data
-    assert _state(app) == before
+    assert sign_in_state(app) == before
 
 
 def test_account_not_in_tenant_error_is_explained(app, client, active):
@@ -229,10 +208,10 @@ def test_account_not_in_tenant_error_is_explained(app, client, active):
 
 def test_bad_client_secret(app, client, emulator, active):
     emulator.clients[app.config["ENTRA_CLIENT_ID"]]["secret"] = "rotated-elsewhere"
-    before = _state(app)
+    before = sign_in_state(app)
     resp = sso_sign_in(client, "lena.fischer@northwind.example")
     assert resp.status_code == 502 and b"AADSTS7000215" in resp.data and b"ENTRA_CLIENT_SECRET" in resp.data
-    assert _state(app) == before
+    assert sign_in_state(app) == before
 
 
 def test_unregistered_redirect_uri_stops_at_microsoft(app, client, emulator, active):
@@ -249,10 +228,10 @@ def test_code_reused_is_explained(app, client, emulator, active):
     sign_out(client)
     go = start_sso(client, "lena.fischer@northwind.example")
     state = dict(p.split("=", 1) for p in go.headers["Location"].split("?", 1)[1].split("&"))["state"]
-    before = _state(app)
+    before = sign_in_state(app)
     resp = client.get("/auth/callback", query_string={"code": used_code, "state": state})
     assert resp.status_code == 400 and b"already used" in resp.data and b"AADSTS54005" in resp.data
-    assert _state(app) == before
+    assert sign_in_state(app) == before
 
 
 # -- the emulator misbehaving -------------------------------------------------------------------
@@ -288,12 +267,12 @@ FAULTS = {
 def test_misbehaving_microsoft_ends_with_no_session_and_nothing_stored(app, client, emulator, active, name):
     fault, status = FAULTS[name]
     emulator.faults.update(fault)
-    before = _state(app)
+    before = sign_in_state(app)
     resp = sso_sign_in(client, "lena.fischer@northwind.example")
     assert resp.status_code == status, (name, resp.data[:300])
     assert b"Error %d" % status in resp.data
-    assert _state(app) == before
-    assert not _signed_in(client)
+    assert sign_in_state(app) == before
+    assert not signed_in(client)
     with app.app_context():
         event = db.session.execute(db.select(AuditEvent).order_by(AuditEvent.id.desc())).scalars().first()
         assert (event.action, event.outcome) == ("sign_in", "failure")
@@ -304,4 +283,4 @@ def test_signing_key_rotation_is_picked_up(client, emulator, active):
     sign_out(client)
     emulator.rotate_signing_key()
     assert sso_sign_in(client, "lena.fischer@northwind.example").status_code == 303
-    assert _signed_in(client)
+    assert signed_in(client)

@@ -7,9 +7,8 @@ import pytest
 
 import accounts
 from app import ConfigError, create_app
-from helpers import TEST_KEY, csrf
+from helpers import TEST_KEY, all_at_once, csrf
 from models import SignInHit, db
-from test_concurrency import _all_at_once
 
 ADMIN = "admin@northwind.example"
 
@@ -51,7 +50,7 @@ def test_a_burst_of_parallel_guesses_cannot_slip_under_the_limit(app, northwind)
     _low(app, per_account="5 per minute")
     browsers = [app.test_client() for _ in range(16)]
     tokens = [csrf(b) for b in browsers]
-    answers = _all_at_once([lambda b=b, t=t: _guess(b, t).status_code for b, t in zip(browsers, tokens)])
+    answers = all_at_once([lambda b=b, t=t: _guess(b, t).status_code for b, t in zip(browsers, tokens)])
     assert sorted(answers) == [401] * 5 + [429] * 11
 
 

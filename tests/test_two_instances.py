@@ -4,7 +4,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 from urllib.parse import urlsplit, urlunsplit
@@ -12,9 +11,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import requests
 
-from helpers import TEST_KEY, activate_sso, sign_out, sso_sign_in, start_sso, through_microsoft
+from helpers import ROOT, TEST_KEY, activate_sso, free_port, sign_out, sso_sign_in, start_sso, through_microsoft
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVE = """
 import json, os, sys
 from werkzeug.serving import make_server
@@ -24,12 +22,6 @@ server = make_server("127.0.0.1", int(sys.argv[1]), app, threaded=True)
 print("serving", flush=True)
 server.serve_forever()
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Browser:
@@ -68,7 +60,7 @@ class Browser:
 @pytest.fixture
 def instances(app, northwind, database_uri):
     """Two portal processes sharing the test's database, secrets and instance folder (schema made by `app`)."""
-    ports = [_free_port(), _free_port()]
+    ports = [free_port(), free_port()]
     public = f"127.0.0.1:{ports[0]}"
     config = {"DEMO_MODE": True, "SERVER_NAME": public, "SECRET_KEY": app.config["SECRET_KEY"],
               "ENCRYPTION_KEYS": [TEST_KEY], "SQLALCHEMY_DATABASE_URI": app.config["SQLALCHEMY_DATABASE_URI"]}

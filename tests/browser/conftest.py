@@ -10,8 +10,8 @@ import os
 import pytest
 from playwright.sync_api import sync_playwright
 
-from live import AXE_JS, CHROMIUM, LivePortal, launch_chromium
-from steps import WIDE, Auditor, Walk
+from tests.browser.live import AXE_JS, CHROMIUM, LivePortal, launch_chromium
+from tests.browser.steps import WIDE, Auditor, Walk
 
 NORTHWIND_ADMIN = "admin@northwind.example"
 

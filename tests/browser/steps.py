@@ -10,7 +10,7 @@ from typing import Callable
 
 from playwright.sync_api import Browser, Page, expect
 
-from live import AXE_JS, LivePortal
+from tests.browser.live import AXE_JS, LivePortal
 
 BLOCKING = ("serious", "critical")
 NARROW = {"width": 360, "height": 740}

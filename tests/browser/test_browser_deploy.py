@@ -7,13 +7,8 @@ test's own. Runs once per CI run (marker `deploy`): it uses its own SQLite file 
 from __future__ import annotations
 
 import base64
-import datetime
-import hashlib
-import ipaddress
 import os
 import re
-import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -23,13 +18,10 @@ import uuid
 import pytest
 import requests
 import vault
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from live import CHROMIUM, CHROMIUM_FLAGS, ROOT
-from steps import Walk
+from helpers import PRODUCTION, Processes, free_port, make_pki, readme_block, readme_commands, readme_env
+from tests.browser.live import CHROMIUM, CHROMIUM_FLAGS, ROOT
+from tests.browser.steps import Walk
 
 pytestmark = pytest.mark.deploy
 
@@ -51,138 +43,11 @@ def _missing(what: str) -> None:
 
 # -- the README's blocks ------------------------------------------------------------------------------
 
-def readme_block(name: str) -> str:
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        text = f.read()
-    found = re.search(rf"<!-- deploy-test: {re.escape(name)} -->\n```[a-z]*\n(.*?)\n```", text, re.S)
-    assert found, f"README.md has no code block marked <!-- deploy-test: {name} -->"
-    return found.group(1)
-
-
-def readme_env(name: str) -> dict[str, str]:
-    """KEY=value lines, quoted as a shell (and systemd's EnvironmentFile) reads them."""
-    env = {}
-    for line in readme_block(name).splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, _, value = line.partition("=")
-            env[key.strip()] = "".join(shlex.split(value))
-    return env
-
-
-def readme_commands(name: str, env: dict[str, str]) -> list[list[str]]:
-    """The block's commands as argument lists: `\\` continuations joined, "$VAR" taken from `env`."""
-    text = readme_block(name).replace("\\\n", " ")
-    return [[re.sub(r"\$(\w+)", lambda m: env[m.group(1)], arg) for arg in shlex.split(line)]
-            for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-
-
 def _sub(pattern: str, replacement: str, text: str) -> str:
     """re.sub that insists on a match: a README edit that moves a port or path must fail here, not go unnoticed."""
     text, count = re.subn(pattern, lambda m: m.expand(replacement), text)
     assert count, f"the README's block no longer has {pattern!r}"
     return text
-
-
-def _set_option(args: list[str], option: str, value: str) -> list[str]:
-    assert option in args, f"the README's command has no {option}: {args}"
-    i = args.index(option)
-    return args[:i + 1] + [value] + args[i + 2:]
-
-
-# -- certificates -------------------------------------------------------------------------------------
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def make_pki(folder) -> dict[str, str]:
-    """A CA and two server certificates it signs (the portal's for nginx, the emulator's); PEM file paths."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("Portal test CA")).issuer_name(_name("Portal test CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    paths = {"ca": str(folder / "ca.pem")}
-    (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    spki = []
-    for label, names in (("portal", [x509.DNSName(PORTAL)]),
-                         ("emulator", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (x509.CertificateBuilder().subject_name(_name(label)).issuer_name(ca.subject)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName(names), critical=False)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .sign(ca_key, hashes.SHA256()))
-        chain = cert.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM)
-        (folder / f"{label}.pem").write_bytes(chain)
-        (folder / f"{label}-key.pem").write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-        paths[label], paths[label + "_key"] = str(folder / f"{label}.pem"), str(folder / f"{label}-key.pem")
-        der = cert.public_key().public_bytes(serialization.Encoding.DER,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo)
-        spki.append(base64.b64encode(hashlib.sha256(der).digest()).decode())
-    # Chromium trusts exactly these two keys (its own flag for test servers); nothing else is relaxed.
-    paths["spki"] = ",".join(spki)
-    return paths
-
-
-# -- processes ----------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Processes:
-    """Servers started by this test, each in its own process group, with its output in a log file."""
-
-    def __init__(self, folder) -> None:
-        self.folder = folder
-        self.running: list[tuple[str, subprocess.Popen]] = []
-
-    def start(self, name: str, args: list[str], **kwargs) -> subprocess.Popen:
-        log = open(self.folder / f"{name}.log", "wb")
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, **kwargs)
-        log.close()
-        self.running.append((name, proc))
-        return proc
-
-    def log(self, name: str) -> str:
-        path = self.folder / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def wait_for_port(self, name: str, port: int, timeout: float = 30) -> None:
-        proc = dict(self.running)[name]
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited with {proc.returncode}:\n{self.log(name)}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"{name} did not listen on {port} within {timeout} s:\n{self.log(name)}")
-
-    def stop(self) -> None:
-        for name, proc in reversed(self.running):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for name, proc in reversed(self.running):
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
 
 
 def nginx_conf(prefix, server_block: str) -> str:
@@ -198,15 +63,14 @@ def nginx_conf(prefix, server_block: str) -> str:
 # -- the test -----------------------------------------------------------------------------------------
 
 @pytest.fixture
-def deployment(tmp_path):
+def deployment(tmp_path, emulator_server):
     """The README's deployment on free loopback ports; yields what the browser needs."""
     if not os.path.exists(NGINX):
         _missing(f"no nginx at {NGINX}: apt-get install nginx")
     if not os.path.exists(CHROMIUM):
         _missing(f"no browser at {CHROMIUM}: apt-get install chromium")
-    pki = make_pki(tmp_path)
-    emu_port, app_port, https_port, http_port = free_port(), free_port(), free_port(), free_port()
-    emu_url = f"https://127.0.0.1:{emu_port}"
+    pki, emu_url = emulator_server.pki, emulator_server.url
+    app_port, https_port, http_port = free_port(), free_port(), free_port()
 
     # The README's environment, the test's secrets filled in, plus the staging block pointed at the emulator.
     readme = readme_env("environment")
@@ -214,8 +78,8 @@ def deployment(tmp_path):
     env = {**readme,
            "FLASK_SECRET_KEY": base64.urlsafe_b64encode(os.urandom(36)).decode(),
            "FLASK_ENCRYPTION_KEYS": vault.generate_key(),
-           "FLASK_ENTRA_CLIENT_ID": str(uuid.uuid4()),
-           "FLASK_ENTRA_CLIENT_SECRET": "Xq8Q~" + base64.urlsafe_b64encode(os.urandom(26)).decode()[:35],
+           "FLASK_ENTRA_CLIENT_ID": emulator_server.client_id,
+           "FLASK_ENTRA_CLIENT_SECRET": emulator_server.client_secret,
            "FLASK_SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path}/portal.sqlite"}
     staging = readme_env("staging-environment")
     assert staging.keys() == {"FLASK_ENTRA_AUTHORITY", "FLASK_GRAPH_ENDPOINT", "FLASK_ENTRA_CA_BUNDLE"}
@@ -225,14 +89,6 @@ def deployment(tmp_path):
 
     procs = Processes(tmp_path)
     try:
-        [emulator] = readme_commands("emulator", env)
-        assert emulator[:3] == ["python", "-m", "emulator"]
-        emulator = [sys.executable] + emulator[1:] + ["--instance", str(tmp_path / "emulator")]
-        for option, value in (("--port", str(emu_port)), ("--cert", pki["emulator"]),
-                              ("--key", pki["emulator_key"])):
-            emulator = _set_option(emulator, option, value)
-        procs.start("emulator", emulator, cwd=ROOT, env=env)
-
         def flask(*args: str, stdin: str = "") -> None:
             result = subprocess.run([f"{BIN}/flask", *args], cwd=ROOT, env=env, input=stdin, capture_output=True,
                                     text=True, timeout=120)
@@ -262,7 +118,6 @@ def deployment(tmp_path):
         procs.start("nginx", [NGINX, "-p", str(nginx_dir), "-c", str(nginx_dir / "nginx.conf"),
                               "-e", str(nginx_dir / "error.log")])
 
-        procs.wait_for_port("emulator", emu_port)
         procs.wait_for_port("gunicorn", app_port)
         procs.wait_for_port("nginx", https_port)
         yield {"https_port": https_port, "http_port": http_port, "emulator": emu_url, "pki": pki,
@@ -333,31 +188,12 @@ def test_the_readme_deployment_signs_in_through_nginx_over_https(deployment, pla
 
 # -- the portal's outbound calls on real sockets (the emulator over HTTPS, no browser needed) ------------------
 
-CLIENT_ID, CLIENT_SECRET = "8c1f5a2e-3b4d-4e6f-9a7b-1c2d3e4f5a6b", "Xq8Q~staging-secret-for-the-emulator-only"
-
-
-@pytest.fixture
-def emulator_server(tmp_path):
-    """`python -m emulator` on a free port with a certificate from the test's CA; yields (url, pki)."""
-    pki = make_pki(tmp_path)
-    port, procs = free_port(), Processes(tmp_path)
-    procs.start("emulator", [sys.executable, "-m", "emulator", "--port", str(port), "--cert", pki["emulator"],
-                             "--key", pki["emulator_key"], "--instance", str(tmp_path / "emulator"),
-                             "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET,
-                             "--redirect-uri", f"https://{PORTAL}/auth/callback"],
-                cwd=ROOT, env={"PATH": os.environ["PATH"], "HOME": str(tmp_path)})
-    try:
-        procs.wait_for_port("emulator", port)
-        yield f"https://127.0.0.1:{port}", pki
-    finally:
-        procs.stop()
-
-
 def _entra(tmp_path, url: str, **config):
     from app import create_app
 
     app = create_app({"SERVER_NAME": PORTAL, "SECRET_KEY": "s" * 48, "ENCRYPTION_KEYS": [vault.generate_key()],
-                      "ENTRA_CLIENT_ID": CLIENT_ID, "ENTRA_CLIENT_SECRET": CLIENT_SECRET,
+                      "ENTRA_CLIENT_ID": PRODUCTION["ENTRA_CLIENT_ID"],
+                      "ENTRA_CLIENT_SECRET": PRODUCTION["ENTRA_CLIENT_SECRET"],
                       "ENTRA_AUTHORITY": url + "/organizations", "GRAPH_ENDPOINT": url + "/graph/v1.0", **config},
                      instance_path=str(tmp_path / f"instance-{uuid.uuid4().hex[:8]}"))
     return app, app.extensions["entra"]
@@ -366,7 +202,7 @@ def _entra(tmp_path, url: str, **config):
 def test_outbound_calls_trust_exactly_the_ca_bundle(emulator_server, tmp_path):
     from entra import EntraError
 
-    url, pki = emulator_server
+    url, pki = emulator_server.url, emulator_server.pki
     app, client = _entra(tmp_path, url, ENTRA_CA_BUNDLE=pki["ca"])
     with app.app_context():
         # The discovery check passes on the emulator's own URLs, and MSAL asks nobody else about the authority.
