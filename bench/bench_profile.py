@@ -1,7 +1,7 @@
 """Time a profile write and read through the portal's services: python bench/bench_profile.py
 
 Not a test. It builds a demo-mode portal in a temporary folder, signs nobody in, and times
-accounts.store_profile (+ commit) and accounts.profile_of against the same steps without encryption,
+profiles.store_profile (+ commit) and profiles.profile_of against the same steps without encryption,
 so the difference is what encryption costs per profile write and read.
 """
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import accounts  # noqa: E402
 import entra  # noqa: E402
 import vault  # noqa: E402
 from app import create_app  # noqa: E402
+from domain import directory, profiles, sealed  # noqa: E402
 from models import StoredProfile, User, db  # noqa: E402
 
 PROFILE = {
@@ -49,8 +49,8 @@ def main() -> None:
                          instance_path=os.path.join(tmp, "instance"))
         with app.app_context():
             db.create_all()
-            accounts.create_organization("Northwind Traders", ["northwind.example"])
-            org = accounts.get_organization("Northwind Traders")
+            directory.create_organization("Northwind Traders", ["northwind.example"])
+            org = directory.get_organization("Northwind Traders")
             user = User(organization=org, role="member", tenant_id=TID, object_id=PROFILE["id"],
                         email_hmac=b"", email_enc=b"", password_hash="x")  # a password account: email untouched
             db.session.add(user)
@@ -58,17 +58,17 @@ def main() -> None:
             result = entra.SignIn(claims={"tid": TID, "oid": PROFILE["id"]}, profile=PROFILE, photo=PHOTO,
                                   photo_type="image/png")
             v = vault.get_vault()
-            aad = accounts._profile_aad(user, "profile")
-            photo_aad = accounts._profile_aad(user, "photo")
+            aad = sealed.bound_to("profile", user)
+            photo_aad = sealed.bound_to("photo", user)
 
             def write():
-                accounts.store_profile(user, result, None)
+                profiles.store_profile(user, result, None)
                 db.session.commit()
 
             def read():
                 db.session.expire_all()  # read from the database, not the identity map
-                accounts.profile_of(user)
-                accounts.photo_of(user)
+                profiles.profile_of(user)
+                profiles.photo_of(user)
 
             counter = iter(range(10**9))
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-import accounts
+from domain import passwords
 from helpers import PASSWORD, csrf, password_sign_in, sign_out, submit
 from models import AuditEvent, Organization, db
 from test_sso import active  # noqa: F401  (the fixture: Northwind with SSO active, browser signed out)
@@ -25,7 +25,7 @@ def app_config():
 def people(app, runner, active):
     """A password member and a break-glass admin made with the CLI, besides the admin who activated SSO."""
     with app.app_context():
-        accounts.create_local_user("omar.haddad@northwind.example", "Northwind Traders", PASSWORD, role="member")
+        passwords.create_local_user("omar.haddad@northwind.example", "Northwind Traders", PASSWORD, role="member")
     result = runner.invoke(args=["create-admin", "rescue@northwind.example", "--org", "Northwind Traders",
                                  "--password-stdin", "--break-glass"], input=PASSWORD + "\n")
     assert result.exit_code == 0, result.output
