@@ -22,7 +22,6 @@ from models import LoginSession, StoredProfile, User, db, utcnow
 
 State = MutableMapping[str, Any]
 PENDING_MAX_AGE = 600  # seconds a started Microsoft sign-in or admin-consent request stays usable
-FLOW_MAX_AGE = PENDING_MAX_AGE
 MAX_PENDING = 3  # a few tabs may sign in at once
 
 

@@ -184,7 +184,7 @@ def test_expired_state(app, client, active):
     _, state = _start_grant(client)
     with client.session_transaction() as sess:
         waiting = sess["admin_consents"]
-        waiting[state]["started"] -= sessions.FLOW_MAX_AGE + 1
+        waiting[state]["started"] -= sessions.PENDING_MAX_AGE + 1
         sess["admin_consents"] = waiting  # an in-place change alone does not mark the session for saving
     resp = client.get(CALLBACK, query_string=_ok(state))
     assert resp.status_code == 400 and b"expired" in resp.data
