@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 from datetime import timedelta
 from typing import Any, Mapping
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import click
 from flask import Flask, g, render_template, request
@@ -17,23 +16,18 @@ from flask_wtf.csrf import CSRFError, CSRFProtect, same_origin
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
-from werkzeug.utils import redirect
 
-import accounts
+import extensions
+from domain import errors, throttling
 import commands
 import configuration
+import demo
 import entra
-from blueprints import auth, home, profile, settings
+from blueprints import auth, home, profile, settings, websession
 
-# Demo mode's app registration in the emulator; never valid at Microsoft.
-DEMO_CLIENT_ID = "5f0d1c2e-0000-4000-8000-00000000d3e0"
-# What the sign-in throttles count: the login prompt, password step, "Continue to Microsoft", callbacks.
-SIGN_IN_ENDPOINTS = {("auth.login", "POST"), ("auth.password", "POST"), ("auth.sso_start", "POST"),
-                     ("auth.callback", "GET"), ("auth.admin_consent_callback", "GET")}
 ConfigError = configuration.ConfigError
 # What a database that does not answer (or cannot write) raises: the portal's 503 page, never a 500.
 DATABASE_DOWN = (OperationalError, InterfaceError)
-CALLBACKS = {"auth.callback", "auth.admin_consent_callback"}
 DATABASE_CONNECT_TIMEOUT = 5  # seconds; PostgreSQL, unless the URL sets connect_timeout
 
 log = logging.getLogger(__name__)
@@ -64,12 +58,12 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, instance_path: s
 
 
 def _build(app: Flask) -> None:
-    accounts.init_app(app)
+    extensions.init_app(app)
+    websession.init_app(app)
     _wire_rate_limits(app)  # before CSRFProtect, so requests with a bad token count per IP too
     _wire_csrf(app)
     if app.config["DEMO_MODE"]:
-        _wire_emulator(app)
-        _wire_demo_host(app)
+        demo.wire(app)
 
     for bp in (home.bp, auth.bp, settings.bp, profile.bp):
         app.register_blueprint(bp)
@@ -78,15 +72,14 @@ def _build(app: Flask) -> None:
     _register_security_headers(app)
     _wire_proxy_fix(app)
     if app.config["DEMO_MODE"]:
-        _wire_demo_loopback_only(app)
+        demo.loopback_only(app)  # outermost: the socket's peer, before ProxyFix
     with app.app_context():
-        accounts.startup_check(create=bool(app.config["DEMO_MODE"]))
+        extensions.startup_check(create=bool(app.config["DEMO_MODE"]))
 
 
 def _finish_config(app: Flask) -> None:
     """Fill derived settings (the checks in configuration.py have passed)."""
     cfg = app.config
-    demo = cfg["DEMO_MODE"]
     # A signed-in cookie lives as long as the longest session and is re-sent only when the session changes
     # (SESSION_REFRESH_EACH_REQUEST off): the server-side row enforces the idle and absolute timeouts.
     cfg["PERMANENT_SESSION_LIFETIME"] = timedelta(hours=float(cfg["SESSION_MAX_HOURS"]))
@@ -100,15 +93,8 @@ def _finish_config(app: Flask) -> None:
             # A server that drops packets would hold each request for the system's TCP timeout (minutes).
             options["connect_args"] = {"connect_timeout": DATABASE_CONNECT_TIMEOUT, **options.get("connect_args", {})}
         cfg["SQLALCHEMY_ENGINE_OPTIONS"] = options
-    if demo:
-        # Only demo mode reuses a generated secret key; DEBUG relaxes nothing.
-        if not cfg["SECRET_KEY"]:
-            cfg["SECRET_KEY"] = _instance_secret(app, "secret_key")
-        cfg["ENTRA_CLIENT_ID"] = DEMO_CLIENT_ID
-        cfg["ENTRA_CLIENT_SECRET"] = _instance_secret(app, "demo_client_secret")
-        if not cfg["SERVER_NAME"]:
-            cfg["SERVER_NAME"] = "127.0.0.1:5000"
-        cfg["PREFERRED_URL_SCHEME"] = "http"
+    if cfg["DEMO_MODE"]:
+        demo.configure(app)
     else:
         # Outside demo mode the cookie is HTTPS-only and host-locked, debug or not.
         cfg["SESSION_COOKIE_SECURE"] = True
@@ -116,118 +102,16 @@ def _finish_config(app: Flask) -> None:
     cfg["PORTAL_NAME"] = cfg["PORTAL_NAME"].strip()
 
 
-def _instance_secret(app: Flask, name: str) -> str:
-    """Read a random secret kept in instance/, creating it (mode 0600) on first use.
-
-    Written whole under a temporary name, then linked into place: a worker starting at the same moment
-    finds either no file or the complete one, never a half-written secret.
-    """
-    path = os.path.join(app.instance_path, name)
-    if not os.path.exists(path):
-        value = secrets.token_urlsafe(48)
-        temporary = f"{path}.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(value)
-            os.link(temporary, path)
-        except FileExistsError:
-            pass  # another process linked its secret first: use that one
-        finally:
-            os.unlink(temporary)
-    with open(path, encoding="ascii") as f:
-        return f.read().strip()
-
-
-def _wire_emulator(app: Flask) -> None:
-    """Demo mode: Microsoft's hosts are played by the in-repo emulator (the one place the portal imports it)."""
-    from werkzeug.middleware.dispatcher import DispatcherMiddleware
-
-    from emulator import Emulator
-
-    base = f"{app.config['PREFERRED_URL_SCHEME']}://{app.config['SERVER_NAME']}"
-    emu = Emulator(
-        os.path.join(app.instance_path, "emulator"),
-        browser_url=base + "/_entra",
-        max_content_length=app.config["MAX_CONTENT_LENGTH"],
-        clients={
-            app.config["ENTRA_CLIENT_ID"]: {
-                "secret": app.config["ENTRA_CLIENT_SECRET"],
-                "redirect_uris": [base + entra.CALLBACK_PATH, base + entra.ADMIN_CONSENT_CALLBACK_PATH],
-                "name": app.config["PORTAL_NAME"] + " (demo)",
-            }
-        },
-    )
-    emu.mount(entra.get_http(app))
-    app.extensions["entra_emulator"] = emu
-    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/_entra": emu.wsgi})
-
-
-DEMO_REMOTE_REFUSED = (
-    "This demo portal answers only on this computer (a loopback address): anyone who can reach it could pick "
-    "any account on the emulated Microsoft page, and the demo admin's password is in the README. Serve it on "
-    "127.0.0.1, or leave demo mode and configure a real Entra app registration.\n")
-
-
-def _wire_demo_loopback_only(app: Flask) -> None:
-    """Demo mode: refuse requests whose socket peer is not loopback.
-
-    gunicorn does not tell the app where it is bound, so this runs on each request, outermost (the peer before
-    ProxyFix), and covers the emulator's pages under /_entra too."""
-    inner = app.wsgi_app
-
-    def loopback_only(environ, start_response):
-        if configuration.is_loopback(environ.get("REMOTE_ADDR", "")):
-            return inner(environ, start_response)
-        log.warning("Demo mode refused a request from a non-loopback address")
-        body = DEMO_REMOTE_REFUSED.encode()
-        start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8"),
-                                         ("Content-Length", str(len(body))), ("Cache-Control", "no-store"),
-                                         ("X-Content-Type-Options", "nosniff")])
-        return [body]
-
-    app.wsgi_app = loopback_only
-
-
-def _wire_demo_host(app: Flask) -> None:
-    """Demo mode: send a request for another loopback name (localhost, [::1]) to the same path on SERVER_NAME.
-
-    The sign-in cookie and Microsoft's redirect URI belong to SERVER_NAME; on another host name the login form
-    would be redirected there and the page's form-action 'self' would silently block the hop.
-    """
-    server_name = app.config["SERVER_NAME"]
-    base = f"{app.config['PREFERRED_URL_SCHEME']}://{server_name}"
-    inner = app.wsgi_app
-
-    def split(host: str) -> tuple[str, str]:
-        return (host.rpartition(":")[0], host.rpartition(":")[2]) if host.rfind(":") > host.rfind("]") else (host, "")
-
-    server_host, server_port = split(server_name.lower())
-
-    def redirect_loopback(environ, start_response):
-        name, port = split(environ.get("HTTP_HOST", "").lower())
-        # Only another name for this same server (same port): a request on another port is another server's.
-        if port == server_port and name != server_host and configuration.is_loopback(name):
-            path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")  # WSGI: latin-1 decoded bytes
-            location = base + quote(path.encode("latin-1"), safe="/%:@!$&'()*+,;=-._~")
-            if environ.get("QUERY_STRING"):
-                location += "?" + environ["QUERY_STRING"]
-            return redirect(location, 307)(environ, start_response)
-        return inner(environ, start_response)
-
-    app.wsgi_app = redirect_loopback
-
-
 def _wire_rate_limits(app: Flask) -> None:
     """Throttle the sign-in endpoints per client IP; one Limiter per app (accounts counts failed password checks
     per account and client with it, in the view, where a check is known to have failed)."""
-    limiter = Limiter(lambda: accounts.address_key(get_remote_address()), app=app)
+    limiter = Limiter(lambda: throttling.address_key(get_remote_address()), app=app)
 
     @limiter.request_filter
     def not_a_sign_in() -> bool:
         # Every other request (page views, static files, GETs of the sign-in pages) leaves the limiter here,
         # before it resolves any limit or touches its storage.
-        return (request.endpoint, request.method) not in SIGN_IN_ENDPOINTS
+        return (request.endpoint, request.method) not in auth.SIGN_IN_ENDPOINTS
 
     limiter.shared_limit(lambda: app.config["RATELIMIT_SIGN_IN_PER_IP"], scope="sign-in-ip")(auth.bp)
     limiter.shared_limit(lambda: app.config["RATELIMIT_PASSWORD_PER_IP"], scope="password-ip",
@@ -308,7 +192,7 @@ def _register_error_pages(app: Flask) -> None:
         message = "This form has expired or did not come from this site. Go back, reload the page and try again."
         return render_template("error.html", status=400, title="Form expired", message=message), 400
 
-    @app.errorhandler(accounts.PortalError)
+    @app.errorhandler(errors.PortalError)
     @app.errorhandler(entra.EntraError)
     def portal_error(e):
         retry_after = getattr(e, "retry_after", None)
@@ -327,7 +211,7 @@ def _register_error_pages(app: Flask) -> None:
             limiter.context.reset()
         g._login_user = app.login_manager.anonymous_user()
         hint = ("Microsoft's part of your sign-in was done, but the portal could not finish it. Start the sign-in "
-                "again in a minute." if request.endpoint in CALLBACKS else None)
+                "again in a minute." if request.endpoint in auth.CALLBACKS else None)
         return render_template("error.html", status=503, title="Service unavailable",
                                message="The portal's database is not answering. Try again in a minute.",
                                hint=hint), 503, {"Retry-After": "60"}

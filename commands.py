@@ -13,17 +13,14 @@ from flask.cli import ScriptInfo, with_appcontext
 from flask_migrate.cli import db as migrate_commands
 from werkzeug.routing import BuildError
 
-import accounts
 import configuration
+import demo as demo_data
 import entra
+import extensions
 import vault
+from demo import DEMO_PASSWORD  # noqa: F401 (tests and scripts read it here)
+from domain import auditlog, directory, errors, keys, passwords, policy, sessions, signin
 from models import db
-
-DEMO_PASSWORD = "northwind-demo-password"
-DEMO_ORGS = (
-    ("Northwind Traders", "northwind.example", "admin@northwind.example"),
-    ("Fabrikam Research", "fabrikam.example", "admin@fabrikam.example"),
-)
 
 
 # Commands that work before the portal is configured; every other one prints the configuration's problem.
@@ -109,8 +106,8 @@ def _fail(e: Exception) -> None:
 def _organization(name: str):
     """The organisation called `name`, or a one-line error and exit code 1."""
     try:
-        return accounts.get_organization(name)
-    except accounts.PortalError as e:
+        return directory.get_organization(name)
+    except errors.PortalError as e:
         _fail(e)
 
 
@@ -118,7 +115,7 @@ def _organization(name: str):
 @with_appcontext
 def init_db() -> None:
     """Create or upgrade the database tables by running the migrations (safe to run again)."""
-    accounts.ensure_schema()
+    extensions.ensure_schema()
     click.echo("Database ready.")
 
 
@@ -129,8 +126,8 @@ def init_db() -> None:
 def create_org(name: str, domains: tuple[str, ...]) -> None:
     """Create an organisation with one or more email domains."""
     try:
-        org = accounts.create_organization(name, domains, accounts.OPERATOR)
-    except accounts.PortalError as e:
+        org = directory.create_organization(name, domains, policy.OPERATOR)
+    except errors.PortalError as e:
         _fail(e)
     click.echo(f"Created organisation {org.name} with {', '.join(d.name for d in org.domains)}.")
 
@@ -139,7 +136,7 @@ def create_org(name: str, domains: tuple[str, ...]) -> None:
 @with_appcontext
 def orgs() -> None:
     """List the organisations: name, domains, number of users, single sign-on."""
-    found = accounts.organizations()
+    found = directory.organizations()
     if not found:
         click.echo("No organisations yet: create one with `flask --app app create-org NAME --domain DOMAIN`.")
     for org, users in found:
@@ -156,8 +153,8 @@ def rename_org(name: str, new_name: str) -> None:
     """Give an organisation a new name (names are unique without regard to case)."""
     org = _organization(name)
     try:
-        old = accounts.rename_organization(org, new_name, accounts.OPERATOR)
-    except accounts.PortalError as e:
+        old = directory.rename_organization(org, new_name, policy.OPERATOR)
+    except errors.PortalError as e:
         _fail(e)
     click.echo(f"Renamed organisation {old} to {org.name}.")
 
@@ -170,8 +167,8 @@ def add_domain(domain: str, org_name: str) -> None:
     """Add an email domain to an organisation."""
     org = _organization(org_name)
     try:
-        added = accounts.add_domain(org, domain, accounts.OPERATOR)
-    except accounts.PortalError as e:
+        added = directory.add_domain(org, domain, policy.OPERATOR)
+    except errors.PortalError as e:
         _fail(e)
     click.echo(f"Added {added} to {org.name}.")
 
@@ -184,8 +181,8 @@ def remove_domain(domain: str, org_name: str) -> None:
     """Remove an email domain from an organisation (never its last one)."""
     org = _organization(org_name)
     try:
-        removed, affected = accounts.remove_domain(org, domain, accounts.OPERATOR)
-    except accounts.PortalError as e:
+        removed, affected = directory.remove_domain(org, domain, policy.OPERATOR)
+    except errors.PortalError as e:
         _fail(e)
     click.echo(f"Removed {removed} from {org.name}.")
     if affected:
@@ -201,11 +198,11 @@ def delete_org(name: str, yes: bool) -> None:
     """Delete an organisation with its users and everything stored about them (needs --yes)."""
     org = _organization(name)
     if not yes:
-        users = sum(n for o, n in accounts.organizations() if o.id == org.id)
+        users = sum(n for o, n in directory.organizations() if o.id == org.id)
         raise click.ClickException(f"Deleting {org.name} deletes its {users} user{'' if users == 1 else 's'} and "
                                    "everything stored about them, for good: run again with --yes to confirm.")
     org_name = org.name
-    counts = accounts.delete_organization(org)
+    counts = directory.delete_organization(org)
     done = ", ".join(f"{n} {kind if n == 1 else kind.replace('copy', 'copie') + 's'}" for kind, n in counts.items())
     click.echo(f"Deleted organisation {org_name}: {done}.")
 
@@ -226,11 +223,11 @@ def create_admin(email: str, org_name: str, password_stdin: bool, break_glass: b
     """Create an administrator with a password."""
     password = _read_password(password_stdin)
     try:
-        user = accounts.create_local_user(email, org_name, password, role="admin", break_glass=break_glass,
-                                          actor=accounts.OPERATOR)
-    except accounts.PortalError as e:
+        user = passwords.create_local_user(email, org_name, password, role="admin", break_glass=break_glass,
+                                          actor=policy.OPERATOR)
+    except errors.PortalError as e:
         _fail(e)
-    click.echo(f"Created administrator {accounts.user_email(user)} in {user.organization.name}.")
+    click.echo(f"Created administrator {directory.user_email(user)} in {user.organization.name}.")
 
 
 @click.command("set-password")
@@ -241,10 +238,10 @@ def set_password(email: str, password_stdin: bool) -> None:
     """Give a password account a new password and end its sessions."""
     password = _read_password(password_stdin)
     try:
-        user, ended = accounts.set_password(email, password, accounts.OPERATOR)
-    except accounts.PortalError as e:
+        user, ended = passwords.set_password(email, password, policy.OPERATOR)
+    except errors.PortalError as e:
         _fail(e)
-    click.echo(f"New password set for {accounts.user_email(user)}; {ended} session{'' if ended == 1 else 's'} "
+    click.echo(f"New password set for {directory.user_email(user)}; {ended} session{'' if ended == 1 else 's'} "
                "ended.")
 
 
@@ -254,7 +251,7 @@ def set_password(email: str, password_stdin: bool) -> None:
 def deactivate_sso(org_name: str) -> None:
     """Turn single sign-on off for an organisation (the operator's way back in)."""
     org = _organization(org_name)
-    accounts.deactivate_sso(org, accounts.OPERATOR, via="cli")
+    signin.deactivate_sso(org, policy.OPERATOR, via="cli")
     click.echo(f"Single sign-on is off for {org.name}; password accounts can sign in.")
 
 
@@ -309,7 +306,7 @@ def _schema_is_current() -> bool:
 
     with db.engine.connect() as conn:
         current = set(MigrationContext.configure(conn).get_current_heads())
-    return current == set(ScriptDirectory(accounts.MIGRATIONS).get_heads())
+    return current == set(ScriptDirectory(extensions.MIGRATIONS).get_heads())
 
 
 @click.command("demo")
@@ -332,13 +329,8 @@ def demo(host: str, port: int, no_serve: bool) -> None:
         # The redirect URIs and the emulator's pages are built from SERVER_NAME when the app is made.
         app = app.extensions["portal_rebuild"]({"SERVER_NAME": server_name})
     with app.app_context():
-        accounts.ensure_schema()
-        for name, domain, email in DEMO_ORGS:
-            try:
-                accounts.get_organization(name)
-            except accounts.PortalError:
-                accounts.create_organization(name, [domain])
-                accounts.create_local_user(email, name, DEMO_PASSWORD, role="admin", break_glass=True)
+        extensions.ensure_schema()
+        demo_data.create_data()
     click.echo("Demo data ready. Open http://%s/login and sign in as admin@northwind.example "
                "with the password %s." % (server_name, DEMO_PASSWORD))
     click.echo("A second organisation, Fabrikam Research, has admin@fabrikam.example with the same password.")
@@ -356,9 +348,9 @@ def demo(host: str, port: int, no_serve: bool) -> None:
 def rotate_keys(batch_size: int) -> None:
     """Re-encrypt all personal data under the newest key (resumable: rows already under it are skipped)."""
     v = vault.get_vault()
-    total = accounts.rotation_total()
+    total = keys.rotation_total()
     with click.progressbar(length=total, label=f"Re-encrypting under key {v.current_key_id}") as bar:
-        report = accounts.rotate_keys(batch_size, progress=bar.update)
+        report = keys.rotate_keys(batch_size, progress=bar.update)
     for table, count in report.items():
         click.echo(f"{table}: {count.reencrypted} re-encrypted, {count.current} already under the newest key, "
                    f"{count.unreadable} unreadable")
@@ -374,8 +366,8 @@ def rotate_keys(batch_size: int) -> None:
 @with_appcontext
 def sweep_sessions() -> None:
     """Delete expired sessions, the profile copies that lived only for them and expired sign-in throttle counts."""
-    sessions, copies = accounts.sweep_sessions()
-    click.echo(f"Deleted {sessions} expired sessions and {copies} session-only profile copies.")
+    ended, copies = sessions.sweep_sessions()
+    click.echo(f"Deleted {ended} expired sessions and {copies} session-only profile copies.")
 
 
 @click.command("audit")
@@ -384,5 +376,5 @@ def sweep_sessions() -> None:
 def audit(org_name: str) -> None:
     """Print an organisation's audit log as JSON lines, oldest first (time in UTC)."""
     org = _organization(org_name)
-    for entry in accounts.audit_log(org):
+    for entry in auditlog.audit_log(org, policy.OPERATOR):
         click.echo(json.dumps(entry.as_json(), ensure_ascii=False))

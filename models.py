@@ -43,7 +43,7 @@ class Organization(db.Model):
 
 
 # Names are unique without regard to case (`Acme` and `acme` cannot both exist). SQLite's lower() folds ASCII
-# only, so accounts.py also compares case-folded names; this index holds even for writes that bypass it.
+# only, so domain/directory.py also compares case-folded names; this index holds even for writes that bypass it.
 Index("uq_organizations_name_lower", func.lower(Organization.name), unique=True)
 
 

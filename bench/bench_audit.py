@@ -9,9 +9,9 @@ import sys
 import tempfile
 import time
 
-import accounts
 import vault
 from app import create_app
+from domain import auditlog, directory, passwords
 from models import AuditEvent, db, utcnow
 from tests.helpers import PASSWORD, password_sign_in
 
@@ -32,8 +32,8 @@ def main() -> None:
         app = create_app({"TESTING": True, "DEMO_MODE": True, "SERVER_NAME": "portal.test", "SECRET_KEY": "b" * 48,
                           "ENCRYPTION_KEYS": [vault.generate_key()]}, instance_path=tmp)
         with app.app_context():
-            org = accounts.create_organization("Northwind Traders", ["northwind.example"])
-            admin = accounts.create_local_user("admin@northwind.example", org.name, PASSWORD, role="admin")
+            org = directory.create_organization("Northwind Traders", ["northwind.example"])
+            admin = passwords.create_local_user("admin@northwind.example", org.name, PASSWORD, role="admin")
             now = utcnow()
             db.session.execute(db.insert(AuditEvent), [
                 {"organization_id": org.id, "at": now, "actor_id": admin.id if i % 2 else None,
@@ -42,7 +42,7 @@ def main() -> None:
             db.session.commit()
         client = app.test_client()
         password_sign_in(client, "admin@northwind.example")
-        pages = -(-(count + 1) // accounts.AUDIT_PAGE_SIZE)
+        pages = -(-(count + 1) // auditlog.AUDIT_PAGE_SIZE)
         assert client.get("/settings/security").status_code == 200
 
         runner = app.test_cli_runner()
@@ -56,7 +56,7 @@ def main() -> None:
         last = timed(lambda: client.get(f"/settings/security?page={pages}"))
         whole = timed(export, repeat=2)
         assert lines[-1] == count + 1, lines
-        print(f"{count} events, {pages} pages of {accounts.AUDIT_PAGE_SIZE}")
+        print(f"{count} events, {pages} pages of {auditlog.AUDIT_PAGE_SIZE}")
         print(f"SECURITY tab, page 1          {first:8.1f} ms")
         print(f"SECURITY tab, page {pages:<10} {last:8.1f} ms")
         print(f"flask audit --org (all lines) {whole:8.1f} ms  ({whole * 1000 / (count + 1):.1f} µs a line)")

@@ -44,9 +44,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from flask_migrate import upgrade
 
-import accounts
+import extensions
 import vault as vault_module
 from app import create_app
+from domain import directory, passwords
 from bench.harness import PORTAL_CATEGORIES, CpuSplit, Schema, free_port, peak_rss_mb, worker_pids, wrk
 from tests.helpers import PASSWORD, csrf, password_sign_in, readme_gunicorn, submit
 
@@ -219,9 +220,9 @@ class Portal(Side):
             self.config["SQLALCHEMY_DATABASE_URI"] = self.schema.uri
         self.app = create_app(self.config, instance_path=self.folder)
         with self.app.app_context():
-            upgrade(directory=accounts.MIGRATIONS)  # outside demo mode the operator runs `flask db upgrade`
-            accounts.create_organization("Northwind Traders", ["northwind.example"])
-            accounts.create_local_user("admin@northwind.example", "Northwind Traders", PASSWORD, role="admin")
+            upgrade(directory=extensions.MIGRATIONS)  # outside demo mode the operator runs `flask db upgrade`
+            directory.create_organization("Northwind Traders", ["northwind.example"])
+            passwords.create_local_user("admin@northwind.example", "Northwind Traders", PASSWORD, role="admin")
         admin = self.browser()
         password_sign_in(admin, "admin@northwind.example")
         consent = submit(admin, admin.get("/settings/security"), "Activate SSO")

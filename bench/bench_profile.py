@@ -1,7 +1,7 @@
 """Time a profile write and read through the portal's services: python -m bench.bench_profile
 
 Not a test. It builds a demo-mode portal in a temporary folder, signs nobody in, and times
-accounts.store_profile (+ commit) and accounts.profile_of against the same steps without encryption,
+profiles.store_profile (+ commit) and profiles.profile_of against the same steps without encryption,
 so the difference is what encryption costs per profile write and read.
 """
 from __future__ import annotations
@@ -13,10 +13,10 @@ import time
 from datetime import datetime, timezone
 from typing import Callable
 
-import accounts
 import entra
 import vault
 from app import create_app
+from domain import directory, profiles, sealed
 from models import StoredProfile, User, db
 
 PROFILE = {
@@ -46,8 +46,8 @@ def main() -> None:
                          instance_path=os.path.join(tmp, "instance"))
         with app.app_context():
             db.create_all()
-            accounts.create_organization("Northwind Traders", ["northwind.example"])
-            org = accounts.get_organization("Northwind Traders")
+            directory.create_organization("Northwind Traders", ["northwind.example"])
+            org = directory.get_organization("Northwind Traders")
             user = User(organization=org, role="member", tenant_id=TID, object_id=PROFILE["id"],
                         email_hmac=b"", email_enc=b"", password_hash="x")  # a password account: email untouched
             db.session.add(user)
@@ -55,17 +55,17 @@ def main() -> None:
             result = entra.SignIn(claims={"tid": TID, "oid": PROFILE["id"]}, profile=PROFILE, photo=PHOTO,
                                   photo_type="image/png")
             v = vault.get_vault()
-            aad = accounts._profile_aad(user, "profile")
-            photo_aad = accounts._profile_aad(user, "photo")
+            aad = sealed.bound_to("profile", user)
+            photo_aad = sealed.bound_to("photo", user)
 
             def write():
-                accounts.store_profile(user, result, None)
+                profiles.store_profile(user, result, None)
                 db.session.commit()
 
             def read():
                 db.session.expire_all()  # read from the database, not the identity map
-                accounts.profile_of(user)
-                accounts.photo_of(user)
+                profiles.profile_of(user)
+                profiles.photo_of(user)
 
             counter = iter(range(10**9))
 

@@ -99,10 +99,10 @@ class Size:
             t0 = time.perf_counter()
             seed(users, orgs)
             print(f"  seeded {users} users in {orgs} organisations in {time.perf_counter() - t0:.1f} s", flush=True)
-            import accounts
+            from domain import directory, passwords
             from tests.helpers import PASSWORD
-            accounts.create_organization("Northwind Traders", ["northwind.example"])
-            accounts.create_local_user("admin@northwind.example", "Northwind Traders", PASSWORD, role="admin")
+            directory.create_organization("Northwind Traders", ["northwind.example"])
+            passwords.create_local_user("admin@northwind.example", "Northwind Traders", PASSWORD, role="admin")
         admin = self.app.test_client()
         assert activate_sso(admin).status_code == 303
         sign_out(admin)

@@ -1,7 +1,8 @@
-"""Login prompt, password step, consent explanation, Microsoft sign-in and callback, sign-out."""
+"""Login prompt, password step, consent explanation, Microsoft sign-in and callbacks, sign-out."""
 from __future__ import annotations
 
 import re
+from typing import Callable
 from urllib.parse import unquote, urlsplit
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
@@ -10,14 +11,34 @@ from flask_wtf import FlaskForm
 from wtforms import EmailField, HiddenField, PasswordField
 from wtforms.validators import DataRequired, InputRequired, Length
 
-import accounts
+import entra
+from blueprints import websession
+from domain import consent, directory, passwords, sessions, signin
+from domain.addresses import MAX_EMAIL
+from domain.errors import FlowFinished, InvalidInput, SignInFailed
+from models import Organization
 
 bp = Blueprint("auth", __name__)
 
+# What the sign-in throttles count, as (endpoint, method): filled by @sign_in_step below.
+SIGN_IN_ENDPOINTS: set[tuple[str, str]] = set()
+# The endpoints Microsoft sends the browser back to.
+CALLBACKS: set[str] = set()
+
+
+def sign_in_step(method: str, *, callback: bool = False) -> Callable:
+    """Route a step of signing in: the sign-in throttles count it (POST forms, and Microsoft's callbacks)."""
+    def register(view: Callable) -> Callable:
+        SIGN_IN_ENDPOINTS.add((f"{bp.name}.{view.__name__}", method))
+        if callback:
+            CALLBACKS.add(f"{bp.name}.{view.__name__}")
+        return view
+    return register
+
 
 EMAIL_CHECKS = [DataRequired("Enter your email address."),
-                Length(max=accounts.MAX_EMAIL, message="This is too long for an email address: enter one of at most "
-                                                       f"{accounts.MAX_EMAIL} characters.")]
+                Length(max=MAX_EMAIL, message="This is too long for an email address: enter one of at most "
+                                              f"{MAX_EMAIL} characters.")]
 
 
 def _strip(value):
@@ -45,7 +66,7 @@ def _invalid(field, message: str) -> None:
 class ContinueForm(FlaskForm):
     """The consent explanation's Continue to Microsoft button."""
 
-    email = HiddenField(validators=[InputRequired(), Length(max=accounts.MAX_EMAIL)])
+    email = HiddenField(validators=[InputRequired(), Length(max=MAX_EMAIL)])
     next = HiddenField()
 
 
@@ -64,7 +85,27 @@ def safe_next(target: str | None) -> str:
     return target
 
 
+def consent_page(org: Organization, *, form: ContinueForm | None = None, action: str | None = None):
+    """What the portal reads from Microsoft, before a member's sign-in (form) or an admin's activation (action)."""
+    return render_template("auth/consent.html", org=org, form=form, action=action, for_admin=form is None)
+
+
+def _to_microsoft(realm: directory.Realm, next_path: str):
+    return redirect(signin.begin_sso("sign_in", org=realm.organization, login_hint=realm.email,
+                                     state=websession.state(), next_path=next_path), 303)
+
+
+def _after_email(realm: directory.Realm, next_path: str):
+    """Step one's answer: the password step, the consent explanation, or Microsoft."""
+    if realm.kind == "password":
+        return render_template("auth/password.html", form=PasswordForm(email=realm.email, next=next_path))
+    if signin.needs_consent_explanation(realm):
+        return consent_page(realm.organization, form=ContinueForm(email=realm.email, next=next_path))
+    return _to_microsoft(realm, next_path)
+
+
 @bp.route("/login", methods=["GET", "POST"])
+@sign_in_step("POST")
 def login():
     """Step one: an email; its domain decides between Microsoft and a password."""
     if current_user.is_authenticated:
@@ -73,81 +114,85 @@ def login():
     if not form.validate_on_submit():
         return render_template("auth/login.html", form=form), 400 if form.is_submitted() else 200
     try:
-        realm = accounts.find_realm(form.email.data)
-    except accounts.InvalidInput as e:
+        realm = directory.find_realm(form.email.data)
+    except InvalidInput as e:
         _invalid(form.email, e.message)
         return render_template("auth/login.html", form=form), e.status
-    next_path = safe_next(form.next.data)
-    if realm.kind == "password":
-        return render_template("auth/password.html", form=PasswordForm(email=realm.email, next=next_path))
-    if accounts.needs_consent_explanation(realm):
-        return render_template("auth/consent.html", form=ContinueForm(email=realm.email, next=next_path),
-                               org=realm.organization, for_admin=False)
-    return redirect(accounts.begin_sso("sign_in", org=realm.organization, login_hint=realm.email,
-                                       next_path=next_path), 303)
+    return _after_email(realm, safe_next(form.next.data))
 
 
 @bp.route("/login/password", methods=["GET", "POST"])
+@sign_in_step("POST")
 def password():
     """Step two for local accounts; also reachable directly ("Use a password instead") while SSO is optional."""
     form = PasswordForm(next=safe_next(request.args.get("next")))
-    if request.method == "GET":
-        return render_template("auth/password.html", form=form)
-    if not form.validate_on_submit():
-        return render_template("auth/password.html", form=form), 400
+    if request.method == "GET" or not form.validate_on_submit():
+        return render_template("auth/password.html", form=form), 200 if request.method == "GET" else 400
     try:
-        accounts.password_sign_in(form.email.data, form.password.data, client=request.remote_addr)
-    except accounts.InvalidInput as e:  # the email is no email address: said next to it
+        user = passwords.password_sign_in(form.email.data, form.password.data, client=request.remote_addr,
+                                          state=websession.state())
+    except InvalidInput as e:  # the email is no email address: said next to it
         _invalid(form.email, e.message)
         return render_template("auth/password.html", form=form), e.status
-    except accounts.SignInFailed as e:
+    except SignInFailed as e:
         return render_template("auth/password.html", form=form, error=e.message), e.status
+    websession.signed_in(user)
     return redirect(safe_next(form.next.data), 303)
 
 
 @bp.post("/auth/sso/start")
+@sign_in_step("POST")
 def sso_start():
     """Continue to Microsoft from the consent explanation."""
     form = ContinueForm()
     if not form.validate_on_submit():
-        raise accounts.InvalidInput("The sign-in form was incomplete. Start again from the login page.")
-    realm = accounts.find_realm(form.email.data)
+        raise InvalidInput("The sign-in form was incomplete. Start again from the login page.")
+    realm = directory.find_realm(form.email.data)
     if realm.kind != "sso":
         return redirect(url_for("auth.login"), 303)
-    return redirect(accounts.begin_sso("sign_in", org=realm.organization, login_hint=realm.email,
-                                       next_path=safe_next(form.next.data)), 303)
+    return _to_microsoft(realm, safe_next(form.next.data))
 
 
-@bp.get(accounts.CALLBACK_PATH)
+def _callback_input() -> tuple[list[str], dict[str, str], object]:
+    """What Microsoft's callbacks read: the state(s), every parameter, and who is signed in here (or None)."""
+    actor = current_user._get_current_object() if current_user.is_authenticated else None
+    return request.args.getlist("state"), request.args.to_dict(flat=True), actor
+
+
+def _sso_finished(pending: dict, outcome: signin.SsoOutcome):
+    if pending["purpose"] != "activate":
+        websession.signed_in(outcome.user)
+        flash("Signed in with Microsoft.", "success")
+        return redirect(safe_next(pending.get("next")), 303)
+    flash("Single sign-on is active. Members now sign in with Microsoft.", "success")
+    if outcome.not_linked:
+        flash(f"You signed in at Microsoft as {outcome.not_linked}, not with your own account, so that Microsoft "
+              "account was not linked to yours. Your own is linked the first time you sign in with it.", "info")
+    return redirect(url_for("settings.security"), 303)
+
+
+@bp.get(entra.CALLBACK_PATH)
+@sign_in_step("GET", callback=True)
 def callback():
     """Microsoft sends the browser back here with a code or an error."""
-    states = request.args.getlist("state")
+    states, params, actor = _callback_input()
     try:
-        pending = accounts.take_flow(states)
-    except accounts.FlowFinished:
-        if not current_user.is_authenticated:
+        pending = signin.take_flow(websession.state(), states)
+    except FlowFinished:
+        if actor is None:
             raise
         # Re-opened after signing in (Back, history): go where that sign-in went.
-        return redirect(safe_next(accounts.finished_destination(states)), 303)
-    actor = current_user if current_user.is_authenticated else None
-    outcome = accounts.complete_sso(pending, request.args.to_dict(flat=True), actor=actor)
-    if pending["purpose"] == "activate":
-        flash("Single sign-on is active. Members now sign in with Microsoft.", "success")
-        if outcome.not_linked:
-            flash(f"You signed in at Microsoft as {outcome.not_linked}, not with your own account, so that "
-                  "Microsoft account was not linked to yours. Your own is linked the first time you sign in "
-                  "with it.", "info")
-        return redirect(url_for("settings.security"), 303)
-    flash("Signed in with Microsoft.", "success")
-    return redirect(safe_next(pending.get("next")), 303)
+        return redirect(safe_next(sessions.finished_destination(websession.state(), states)), 303)
+    return _sso_finished(pending, signin.complete_sso(websession.state(), pending, params, actor=actor))
 
 
-@bp.get(accounts.ADMIN_CONSENT_CALLBACK_PATH)
+@bp.get(entra.ADMIN_CONSENT_CALLBACK_PATH)
+@sign_in_step("GET", callback=True)
 def admin_consent_callback():
     """Microsoft sends the admin back here after granting (or not) consent for the organisation."""
-    pending = accounts.take_admin_consent(request.args.getlist("state"))
-    actor = current_user if current_user.is_authenticated else None
-    accounts.complete_admin_consent(pending, request.args.to_dict(flat=True), actor=actor)
+    states, params, actor = _callback_input()
+    pending = consent.take_admin_consent(websession.state(), states)
+    consent.complete_admin_consent(pending, params, actor=actor)
     flash("Admin consent is granted: members of your organisation are no longer asked to consent.", "success")
     return redirect(url_for("settings.security"), 303)
 
@@ -156,6 +201,6 @@ def admin_consent_callback():
 @login_required
 def logout():
     """Sign out here; SSO users go on to Microsoft's sign-out and come back."""
-    microsoft_sign_out = accounts.end_session()
+    microsoft_sign_out = websession.sign_out()
     flash("You are signed out.", "info")
     return redirect(microsoft_sign_out or url_for("auth.login"), 303)

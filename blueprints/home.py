@@ -6,7 +6,8 @@ import os
 from flask import Blueprint, abort, current_app, redirect, render_template, send_from_directory, url_for
 from flask_login import current_user
 
-import accounts
+import extensions
+from domain import directory
 
 bp = Blueprint("home", __name__)
 
@@ -15,7 +16,7 @@ bp = Blueprint("home", __name__)
 def index():
     if not current_user.is_authenticated:
         return redirect(url_for("auth.login"))
-    return render_template("home/index.html", email=accounts.user_email(current_user))
+    return render_template("home/index.html", email=directory.user_email(current_user))
 
 
 @bp.get("/logo")
@@ -34,5 +35,5 @@ def logo():
 @bp.get("/healthz")
 def healthz():
     """200 while the database answers, 503 otherwise."""
-    ok = accounts.database_ok()
+    ok = extensions.database_ok()
     return ({"status": "ok"}, 200) if ok else ({"status": "database unavailable"}, 503)

@@ -6,7 +6,7 @@ import json
 from flask import Blueprint, abort, flash, redirect, render_template, url_for
 from flask_login import current_user, login_required
 
-import accounts
+from domain import directory, profiles
 
 bp = Blueprint("profile", __name__, url_prefix="/profile")
 
@@ -14,15 +14,15 @@ bp = Blueprint("profile", __name__, url_prefix="/profile")
 @bp.get("/")
 @login_required
 def show():
-    return render_template("profile/show.html", copy=accounts.profile_of(current_user),
-                           email=accounts.user_email(current_user))
+    return render_template("profile/show.html", copy=profiles.profile_of(current_user),
+                           email=directory.user_email(current_user))
 
 
 @bp.get("/photo")
 @login_required
 def photo():
     """Only the owner's own photo: the URL names no user, so nobody can ask for someone else's."""
-    found = accounts.photo_of(current_user)
+    found = profiles.photo_of(current_user)
     if found is None:
         abort(404, "No photo is stored for you.")
     data, kind = found
@@ -34,7 +34,7 @@ def photo():
 @login_required
 def export():
     """Download my data: a POST because the export is audited."""
-    body = json.dumps(accounts.export_user_data(current_user), indent=2, ensure_ascii=False)
+    body = json.dumps(profiles.export_user_data(current_user), indent=2, ensure_ascii=False)
     return body, 200, {"Content-Type": "application/json; charset=utf-8", "X-Content-Type-Options": "nosniff",
                        "Cache-Control": "private, no-store",
                        "Content-Disposition": 'attachment; filename="my-portal-data.json"'}
@@ -50,6 +50,6 @@ def confirm_delete():
 @bp.post("/delete")
 @login_required
 def delete():
-    accounts.delete_stored_copy(current_user)
+    profiles.delete_stored_copy(current_user)
     flash("Your stored copy is deleted.", "success")
     return redirect(url_for("profile.show"), 303)

@@ -6,7 +6,10 @@ from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from wtforms import BooleanField
 
-import accounts
+from blueprints import websession
+from blueprints.auth import consent_page
+from domain import auditlog, consent, directory, profiles, signin
+from domain.errors import InvalidInput
 from models import Organization
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
@@ -52,38 +55,36 @@ def security():
     if "page" in request.args:  # the audit log's pages used to live here: old links and bookmarks still work
         return redirect(url_for("settings.audit", page=request.args.get("page")), 301)
     return render_template("settings/security.html", org=_org(), tab="security",
-                           activated_by=accounts.display_user(_org().sso_activated_by),
+                           activated_by=directory.display_user(_org().sso_activated_by),
                            store_form=StoreProfilesForm(store_profiles=_org().store_profiles),
-                           consent_by=accounts.display_user(_org().admin_consent_by),
-                           break_glass=accounts.break_glass_count(_org()),
+                           consent_by=directory.display_user(_org().admin_consent_by),
+                           break_glass=consent.break_glass_count(_org()),
                            enforcement=EnforcementForm(require_sso=_org().require_sso))
 
 
 @bp.get("/audit")
 def audit():
     return render_template("settings/audit.html", org=_org(), tab="audit",
-                           audit=accounts.audit_page(_org(), request.args.get("page", "1")))
+                           audit=auditlog.audit_page(_org(), request.args.get("page", "1"), current_user))
 
 
 @bp.post("/security/sso/activate")
 def activate_sso():
     """Activate SSO, step one: explain what will be read before leaving for Microsoft."""
-    return render_template("auth/consent.html", org=_org(), for_admin=True,
-                           action=url_for("settings.start_activation"))
+    return consent_page(_org(), action=url_for("settings.start_activation"))
 
 
 @bp.post("/security/sso/start")
 def start_activation():
     """Activate SSO, step two: the admin signs in at Microsoft; the callback binds the tenant."""
-    url = accounts.begin_sso("activate", org=_org(), login_hint=accounts.user_email(current_user),
-                             actor=current_user,
-                             next_path=url_for("settings.security"))
+    url = signin.begin_sso("activate", org=_org(), login_hint=directory.user_email(current_user),
+                           actor=current_user, state=websession.state(), next_path=url_for("settings.security"))
     return redirect(url, 303)
 
 
 @bp.post("/security/sso/deactivate")
 def deactivate_sso():
-    accounts.deactivate_sso(_org(), current_user)
+    signin.deactivate_sso(_org(), current_user)
     flash("Single sign-on is off. Members sign in with a password again.", "info")
     return redirect(url_for("settings.security"), 303)
 
@@ -93,9 +94,9 @@ def store_profiles():
     """Save "Store an encrypted copy of user profiles"; off deletes the stored copies."""
     form = StoreProfilesForm()
     if not form.validate_on_submit():
-        raise accounts.InvalidInput("The form was incomplete. Reload the SECURITY tab and try again.")
+        raise InvalidInput("The form was incomplete. Reload the SECURITY tab and try again.")
     keep = bool(form.store_profiles.data)
-    deleted = accounts.set_store_profiles(_org(), keep, current_user)
+    deleted = profiles.set_store_profiles(_org(), keep, current_user)
     flash("Profile copies are stored, encrypted." if keep else
           f"Profile copies are no longer kept after sign-out; {deleted} stored copies were deleted.", "info")
     return redirect(url_for("settings.security"), 303)
@@ -108,7 +109,7 @@ def confirm_purge():
 
 @bp.post("/security/profiles/purge")
 def purge_profiles():
-    deleted = accounts.purge_profile_copies(_org(), current_user)
+    deleted = profiles.purge_profile_copies(_org(), current_user)
     flash(f"{deleted} stored profile copies were deleted.", "info")
     return redirect(url_for("settings.security"), 303)
 
@@ -116,7 +117,7 @@ def purge_profiles():
 @bp.post("/security/admin-consent")
 def grant_admin_consent():
     """Send the admin to Entra's admin-consent page for the organisation's bound tenant."""
-    return redirect(accounts.begin_admin_consent(_org(), current_user), 303)
+    return redirect(consent.begin_admin_consent(_org(), current_user, websession.state()), 303)
 
 
 @bp.post("/security/require-sso")
@@ -124,8 +125,9 @@ def require_sso():
     """Turn "Require single sign-on" on or off."""
     form = EnforcementForm()
     if not form.validate_on_submit():
-        raise accounts.InvalidInput("The setting could not be read. Reload the page and try again.")
-    if accounts.set_require_sso(_org(), current_user, form.require_sso.data):
+        raise InvalidInput("The setting could not be read. Reload the page and try again.")
+    if consent.set_require_sso(_org(), current_user, form.require_sso.data,
+                               keep_sid_hash=websession.current_sid_hash()):
         flash("Single sign-on is now required: members sign in with Microsoft; break-glass accounts keep their "
               "password." if form.require_sso.data else "Single sign-on is no longer required.", "success")
     return redirect(url_for("settings.security"), 303)

@@ -87,11 +87,11 @@ def emulator(app):
 @pytest.fixture
 def northwind(app):
     """The Northwind organisation with a local admin (who may activate SSO)."""
-    import accounts
+    from domain import directory, passwords
 
     with app.app_context():
-        org = accounts.create_organization("Northwind Traders", ["northwind.example"])
-        accounts.create_local_user("admin@northwind.example", "Northwind Traders", PASSWORD, role="admin")
+        org = directory.create_organization("Northwind Traders", ["northwind.example"])
+        passwords.create_local_user("admin@northwind.example", "Northwind Traders", PASSWORD, role="admin")
         return org.id
 
 

@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-import accounts
+from domain import directory, passwords, sessions
 from helpers import (FABRIKAM_TID, NORTHWIND_TID, PASSWORD, activate_sso, csrf, password_sign_in, submit,
                      through_microsoft)
 from models import AuditEvent, Organization, db
@@ -100,7 +100,7 @@ def test_admin_cancels_at_microsoft(app, client, emulator, active):
 
 def test_portal_admin_who_is_no_entra_admin_gets_90094_explained(app, client, active):
     with app.app_context():
-        accounts.create_local_user("lena.fischer@northwind.example", "Northwind Traders", PASSWORD, role="admin")
+        passwords.create_local_user("lena.fischer@northwind.example", "Northwind Traders", PASSWORD, role="admin")
     _sign_out_at_microsoft(client)  # Microsoft forgets Nadia, the Entra admin who activated SSO
     password_sign_in(client, "lena.fischer@northwind.example")
     resp = through_microsoft(client, _start_grant(client)[0], user="lena.fischer@northwind.example")
@@ -183,7 +183,7 @@ def test_expired_state(app, client, active):
     _, state = _start_grant(client)
     with client.session_transaction() as sess:
         waiting = sess["admin_consents"]
-        waiting[state]["started"] -= accounts.FLOW_MAX_AGE + 1
+        waiting[state]["started"] -= sessions.PENDING_MAX_AGE + 1
         sess["admin_consents"] = waiting  # an in-place change alone does not mark the session for saving
     resp = client.get(CALLBACK, query_string=_ok(state))
     assert resp.status_code == 400 and b"expired" in resp.data
@@ -204,8 +204,8 @@ def test_state_of_one_organisation_is_useless_for_another(app, client, emulator,
     password_sign_in(client, "admin@northwind.example")
     _, northwind_state = _start_grant(client)
     with app.app_context():
-        fabrikam = accounts.create_organization("Fabrikam Research", ["fabrikam.example"]).id
-        accounts.create_local_user("admin@fabrikam.example", "Fabrikam Research", PASSWORD, role="admin")
+        fabrikam = directory.create_organization("Fabrikam Research", ["fabrikam.example"]).id
+        passwords.create_local_user("admin@fabrikam.example", "Fabrikam Research", PASSWORD, role="admin")
     other = app.test_client()
     activate_sso(other, admin="admin@fabrikam.example")
     _start_grant(other)
@@ -216,7 +216,7 @@ def test_state_of_one_organisation_is_useless_for_another(app, client, emulator,
 
 def test_members_cannot_grant_and_are_logged(app, client, active, caplog):
     with app.app_context():
-        accounts.create_local_user("omar.haddad@northwind.example", "Northwind Traders", PASSWORD, role="member")
+        passwords.create_local_user("omar.haddad@northwind.example", "Northwind Traders", PASSWORD, role="member")
     password_sign_in(client, "admin@northwind.example")
     _, state = _start_grant(client)
     with client.session_transaction() as sess:

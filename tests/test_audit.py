@@ -7,7 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-import accounts
+from domain import audit, directory, passwords
 import entra
 from helpers import PASSWORD, activate_sso, csrf, password_sign_in, sign_out, sso_sign_in, submit, through_microsoft
 from models import AuditEvent, Organization, User, db
@@ -111,7 +111,7 @@ def test_log_is_paginated(app, client, active):
     with app.app_context():
         org = db.session.get(Organization, active)
         for n in range(56):
-            accounts.record("sign_in", "failure", org=org, detail=f"reason_{n:02d}")
+            audit.record("sign_in", "failure", org=org, detail=f"reason_{n:02d}")
         db.session.commit()
     password_sign_in(client, "admin@northwind.example")  # 60 events: 3 from activation, 56, this sign-in
     first = client.get("/settings/audit").data.decode()
@@ -132,8 +132,8 @@ def test_log_is_paginated(app, client, active):
 
 def test_each_organisation_sees_only_its_own_log(app, client, runner, active):
     with app.app_context():
-        accounts.create_organization("Fabrikam Research", ["fabrikam.example"])
-        accounts.create_local_user("admin@fabrikam.example", "Fabrikam Research", PASSWORD, role="admin")
+        directory.create_organization("Fabrikam Research", ["fabrikam.example"])
+        passwords.create_local_user("admin@fabrikam.example", "Fabrikam Research", PASSWORD, role="admin")
     other = app.test_client()
     activate_sso(other, admin="admin@fabrikam.example")
     password_sign_in(client, "admin@northwind.example")
@@ -163,7 +163,7 @@ def test_cli_refuses_an_unknown_organisation(runner, northwind):
 
 def test_members_cannot_read_the_log(app, client, active):
     with app.app_context():
-        accounts.create_local_user("omar.haddad@northwind.example", "Northwind Traders", PASSWORD, role="member")
+        passwords.create_local_user("omar.haddad@northwind.example", "Northwind Traders", PASSWORD, role="member")
     password_sign_in(client, "omar.haddad@northwind.example")
     assert client.get("/settings/security?page=1").status_code == 403
     assert client.get("/settings/audit").status_code == 403
@@ -171,9 +171,9 @@ def test_members_cannot_read_the_log(app, client, active):
 
 def test_a_deleted_actor_leaves_the_event(app, client, runner, active):
     with app.app_context():
-        user = accounts.create_local_user("omar.haddad@northwind.example", "Northwind Traders", PASSWORD,
+        user = passwords.create_local_user("omar.haddad@northwind.example", "Northwind Traders", PASSWORD,
                                           role="member")
-        accounts.record("sign_in", "success", org=user.organization, actor=user, detail="password")
+        audit.record("sign_in", "success", org=user.organization, actor=user, detail="password")
         db.session.commit()
         db.session.delete(db.session.get(User, user.id))
         db.session.commit()

@@ -56,10 +56,10 @@ def test_hostile_emails_get_a_clear_400_and_change_nothing(app, client, northwin
 
 
 def test_unicode_domain_is_normalised(client, app):
-    import accounts
+    from domain import directory, passwords
     with app.app_context():
-        accounts.create_organization("Bücher", ["bücher.example"])
-        accounts.create_local_user("ada@xn--bcher-kva.example", "Bücher", PASSWORD)
+        directory.create_organization("Bücher", ["bücher.example"])
+        passwords.create_local_user("ada@xn--bcher-kva.example", "Bücher", PASSWORD)
     assert password_sign_in(client, "ada@BÜCHER.example").status_code == 303
 
 

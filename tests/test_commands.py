@@ -1,7 +1,7 @@
 """The operator's CLI, including its refusals: one line, exit code 1, nothing written."""
 from __future__ import annotations
 
-import accounts
+from domain import directory
 from helpers import PASSWORD
 from models import Domain, Organization, User, db
 
@@ -21,7 +21,7 @@ def test_create_org_with_domains(app, runner):
     result = runner.invoke(args=["create-org", "Tailspin Toys", "--domain", "Tailspin.Example.", "--domain", "bücher.example"])
     assert result.exit_code == 0, result.output
     with app.app_context():
-        org = accounts.get_organization("Tailspin Toys")
+        org = directory.get_organization("Tailspin Toys")
         assert [d.name for d in org.domains] == ["tailspin.example", "xn--bcher-kva.example"]
 
 
@@ -87,4 +87,4 @@ def test_demo_seed_without_serving(app, runner):
     assert "admin@northwind.example" in result.output
     assert runner.invoke(args=["demo", "--no-serve"]).exit_code == 0  # idempotent
     with app.app_context():
-        assert accounts.get_organization("Northwind Traders").domains[0].name == "northwind.example"
+        assert directory.get_organization("Northwind Traders").domains[0].name == "northwind.example"

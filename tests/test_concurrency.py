@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-import accounts
+from domain import profiles
 from helpers import NORTHWIND_TID, all_at_once, password_sign_in, start_sso, submit, through_microsoft
 from models import AuditEvent, Organization, StoredProfile, User, db
 
@@ -46,7 +46,7 @@ def test_parallel_first_sign_ins_of_one_new_user_all_end_signed_in_with_one_row(
         assert _count(User, User.tenant_id == NORTHWIND_TID, User.object_id == LENA[1]) == 1
         lena = db.session.execute(db.select(User).where(User.object_id == LENA[1])).scalar_one()
         assert _count(StoredProfile, StoredProfile.user_id == lena.id) == 1
-        assert accounts.profile_of(lena).claims["displayName"] == "Lena Fischer"
+        assert profiles.profile_of(lena).claims["displayName"] == "Lena Fischer"
         assert _count(AuditEvent, AuditEvent.action == "user_created") == 1
         assert _count(AuditEvent, AuditEvent.action == "sign_in", AuditEvent.outcome == "success",
                       AuditEvent.actor_id == lena.id) == PARALLEL
@@ -86,7 +86,7 @@ def test_parallel_sign_ins_lose_no_profile_write(app, emulator, active):
     with app.app_context():
         lena, omar = (db.session.execute(db.select(User).where(User.object_id == oid)).scalar_one()
                       for _, oid in (LENA, OMAR))
-        assert accounts.profile_of(lena).claims["jobTitle"] == "Head of Sales"
-        assert accounts.profile_of(omar).claims["jobTitle"] == "Logistics Coordinator"
+        assert profiles.profile_of(lena).claims["jobTitle"] == "Head of Sales"
+        assert profiles.profile_of(omar).claims["jobTitle"] == "Logistics Coordinator"
         assert _count(StoredProfile) == 3  # admin, Lena, Omar: one row each
         assert _count(AuditEvent, AuditEvent.action == "sign_in", AuditEvent.outcome == "failure") == 0

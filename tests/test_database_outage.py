@@ -102,10 +102,10 @@ def outage(tmp_path, database_uri):
               "ENCRYPTION_KEYS": [TEST_KEY],
               "SQLALCHEMY_DATABASE_URI": url.set(host="127.0.0.1", port=forwarder.port).render_as_string(False)}
     app = create_app(config, instance_path=str(tmp_path / "instance"))
-    import accounts
+    from domain import directory, passwords
     with app.app_context():
-        accounts.create_organization("Northwind Traders", ["northwind.example"])
-        accounts.create_local_user("admin@northwind.example", "Northwind Traders", "correct horse battery staple",
+        directory.create_organization("Northwind Traders", ["northwind.example"])
+        passwords.create_local_user("admin@northwind.example", "Northwind Traders", "correct horse battery staple",
                                    role="admin")
     yield app, forwarder
     forwarder.cut()

@@ -6,7 +6,8 @@ import io
 
 import pytest
 
-import accounts
+import entra
+from domain import directory, profiles
 from helpers import (NORTHWIND_TID, PASSWORD, activate_sso, password_sign_in, sign_in_state, sign_out, signed_in,
                      sso_sign_in, submit)
 from models import AuditEvent, Organization, User, db
@@ -20,7 +21,7 @@ CEO = "ceo@northwind.example"
 def _user(app, oid: str | None = None, email: str | None = None) -> User | None:
     with app.app_context():
         if email is not None:
-            found = accounts.users_by_email(email)
+            found = directory.users_by_email(email)
             return found[0] if found else None
         return db.session.execute(db.select(User).where(User.object_id == oid)).scalar_one_or_none()
 
@@ -36,9 +37,9 @@ def test_activation_by_a_colleagues_microsoft_account_binds_the_tenant_but_links
     with app.app_context():
         org = db.session.get(Organization, northwind)
         assert org.tenant_id == NORTHWIND_TID and org.sso_active
-        admin = accounts.users_by_email(ADMIN)[0]
+        admin = directory.users_by_email(ADMIN)[0]
         assert (admin.tenant_id, admin.object_id) == (None, None)
-        assert accounts.profile_of(admin) is None  # Lena's profile is not kept as the admin's
+        assert profiles.profile_of(admin) is None  # Lena's profile is not kept as the admin's
     sign_out(client)
     # Lena's Microsoft sign-in is Lena, a member: not the portal's admin.
     assert sso_sign_in(client, LENA).status_code == 303
@@ -87,7 +88,7 @@ def test_a_member_whose_upn_is_outside_the_domains_keeps_no_email(app, client, e
     with app.app_context():
         lena = db.session.execute(db.select(User).where(User.object_id == LENA_OID)).scalar_one()
         assert lena.email_hmac == b"" and lena.email_enc == b""
-        assert accounts.display_user(lena) != CEO
+        assert directory.display_user(lena) != CEO
 
 
 def test_without_stored_copies_the_graph_mail_does_not_name_the_member_either(app, client, emulator,
@@ -112,7 +113,7 @@ def test_a_token_signed_with_a_consumer_key_is_refused(app, client, emulator, ac
     before = sign_in_state(app)
     emulator.faults["id_token_alg"] = "consumer-key"
     consumer = emulator.wsgi.test_client().get("/organizations/discovery/v2.0/keys").get_json()["keys"]
-    assert consumer[-1]["issuer"] == f"https://login.microsoftonline.com/{accounts.entra.PERSONAL_TENANT}/v2.0"
+    assert consumer[-1]["issuer"] == f"https://login.microsoftonline.com/{entra.PERSONAL_TENANT}/v2.0"
     resp = sso_sign_in(client, LENA)
     assert resp.status_code == 401 and b"could not be verified" in resp.data
     assert sign_in_state(app) == before and not signed_in(client)

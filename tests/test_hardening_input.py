@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-import accounts
+from domain import directory, profiles
 from helpers import csrf, sign_in_state, signed_in, sso_sign_in
 from models import StoredProfile, User, db
 
@@ -37,7 +37,7 @@ def test_hostile_profile_values_are_escaped_cleaned_and_capped(app, client, emul
     with app.app_context():
         lena = db.session.execute(db.select(User).where(User.object_id.is_not(None), User.role == "member")
                                   ).scalar_one()
-        stored = accounts.profile_of(lena).claims
+        stored = profiles.profile_of(lena).claims
     assert len(stored["city"]) == 256 and stored["department"] == "SalesX-Forged: header<h1>forged</h1>"
     assert stored["streetAddress"] == "gnp.exe Harbour Road" and len(stored["businessPhones"]) == 5
     assert all("\n" not in p for p in stored["businessPhones"])
@@ -117,8 +117,8 @@ def test_idna_keeps_eszett_apart_from_ss(runner, app):
     same = runner.invoke(args=["create-org", "Strasse C", "--domain", "XN--FA-HIA.DE."])
     assert same.exit_code == 1 and "belongs to another organisation" in same.output
     with app.app_context():
-        assert accounts.find_realm("a@FASS.de").organization.name == "Strasse B"
-        assert accounts.find_realm("a@faß.de").organization.name == "Strasse A"
+        assert directory.find_realm("a@FASS.de").organization.name == "Strasse B"
+        assert directory.find_realm("a@faß.de").organization.name == "Strasse A"
 
 
 @pytest.mark.parametrize("email", [

@@ -91,12 +91,12 @@ def test_forwarded_for_is_ignored_unless_proxy_fix_is_configured(app, client, no
 
 def test_proxy_fix_takes_the_client_ip_from_the_configured_proxy(tmp_path):
     from helpers import TEST_KEY
-    import accounts
+    from domain import directory
     app = create_app({"TESTING": True, "DEMO_MODE": True, "SERVER_NAME": "portal.test", "SECRET_KEY": "t" * 48,
                       "ENCRYPTION_KEYS": [TEST_KEY], "PROXY_FIX_X_FOR": 1, "PROXY_FIX_X_PROTO": 1},
                      instance_path=str(tmp_path))
     with app.app_context():
-        accounts.create_organization("Northwind Traders", ["northwind.example"])
+        directory.create_organization("Northwind Traders", ["northwind.example"])
     client = app.test_client()
     client.post("/login/password", data={"email": ADMIN, "password": "wrong password!", "csrf_token": csrf(client)},
                 headers={"X-Forwarded-For": "198.51.100.1, 203.0.113.9", "X-Forwarded-Host": "evil.example"})

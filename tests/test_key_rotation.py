@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-import accounts
+from domain import directory, keys, passwords, profiles
 import vault
 from app import create_app
 from helpers import PASSWORD, activate_sso, password_sign_in, sign_out, sso_sign_in
@@ -40,9 +40,9 @@ def instance(tmp_path, old_key):
     path = str(tmp_path / "instance")
     app = make_app(path, [old_key])
     with app.app_context():
-        accounts.create_organization("Northwind Traders", ["northwind.example"])
-        accounts.create_local_user("admin@northwind.example", "Northwind Traders", PASSWORD, role="admin")
-        accounts.create_local_user("clerk@northwind.example", "Northwind Traders", PASSWORD, role="member")
+        directory.create_organization("Northwind Traders", ["northwind.example"])
+        passwords.create_local_user("admin@northwind.example", "Northwind Traders", PASSWORD, role="admin")
+        passwords.create_local_user("clerk@northwind.example", "Northwind Traders", PASSWORD, role="member")
     client = app.test_client()
     activate_sso(client)
     sign_out(client)
@@ -72,11 +72,11 @@ def everything_reads(app) -> None:
     client = app.test_client()
     assert password_sign_in(client, "clerk@northwind.example").status_code == 303
     with app.app_context():
-        lena = accounts.users_by_email(LENA)[0]
-        copy = accounts.profile_of(lena)
+        lena = directory.users_by_email(LENA)[0]
+        copy = profiles.profile_of(lena)
         assert copy.claims["displayName"] == "Lena Fischer"
-        assert accounts.photo_of(lena)[1] == "image/png"
-        assert accounts.user_email(lena) == LENA
+        assert profiles.photo_of(lena)[1] == "image/png"
+        assert directory.user_email(lena) == LENA
 
 
 # -- start-up -----------------------------------------------------------------------------------
@@ -136,7 +136,7 @@ def test_interrupted_rotation_resumes_where_it_stopped(instance, old_key, new_ke
         raise Interrupted  # as if the process were killed after a commit
 
     with app.app_context(), pytest.raises(Interrupted):
-        accounts.rotate_keys(batch_size=2, progress=crash_after_first_batch)
+        keys.rotate_keys(batch_size=2, progress=crash_after_first_batch)
     assert done == [2]
     assert key_ids_at_rest(instance) == {key_id(old_key), key_id(new_key)}
     # The check value moves last, so the old key cannot be dropped while data still needs it.
@@ -176,6 +176,6 @@ def test_rotation_recomputes_the_email_lookup_under_the_new_key(instance, old_ke
     app = make_app(instance, [new_key, old_key])
     assert app.test_cli_runner().invoke(args=["rotate-keys"]).exit_code == 0
     with app.app_context():
-        clerk = accounts.users_by_email("clerk@northwind.example")[0]
+        clerk = directory.users_by_email("clerk@northwind.example")[0]
         assert clerk.email_hmac == vault.get_vault().blind_index("clerk@northwind.example")
         assert db.session.scalar(db.select(db.func.count()).select_from(User)) == 3

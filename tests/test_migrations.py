@@ -6,14 +6,15 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-import accounts
+import extensions
+from domain import directory
 from app import create_app
 from helpers import PRODUCTION
 from models import db
 
 
 def _head() -> str:
-    return ScriptDirectory(accounts.MIGRATIONS).get_current_head()
+    return ScriptDirectory(extensions.MIGRATIONS).get_current_head()
 
 
 def _revision_and_diff(app):
@@ -54,7 +55,7 @@ def test_deployment_needs_db_upgrade_and_then_works(deployment):
     again = runner.invoke(args=["init-db"])  # init-db runs the same migrations: nothing to do, data kept
     assert again.exit_code == 0 and "Database ready" in again.output
     with deployment.app_context():
-        assert accounts.get_organization("Tailspin").domains[0].name == "tailspin.example"
+        assert directory.get_organization("Tailspin").domains[0].name == "tailspin.example"
 
 
 def test_downgrade_to_nothing_and_up_again(deployment):

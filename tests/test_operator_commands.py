@@ -7,7 +7,7 @@ import json
 import pytest
 import sqlalchemy as sa
 
-import accounts
+from domain import directory, throttling
 from helpers import NORTHWIND_TID, PASSWORD, database_bytes, password_sign_in, sso_sign_in
 from models import AuditEvent, Domain, LoginSession, Organization, SignInHit, StoredProfile, User, db
 
@@ -161,7 +161,7 @@ def test_delete_org_removes_its_users_and_everything_about_them(app, client, run
     assert password_sign_in(app.test_client(), ADMIN, "not the password at all").status_code == 401
     assert password_sign_in(app.test_client(), "admin@fabrikam.example", "not the password at all").status_code == 401
     with app.app_context():
-        org = accounts.get_organization(NORTHWIND)
+        org = directory.get_organization(NORTHWIND)
         users = db.session.execute(db.select(User).where(User.organization_id == org.id)).scalars().all()
         ids = [u.id for u in users]
         gone = [org.name.encode(), b"northwind.example", NORTHWIND_TID.encode()]
@@ -172,11 +172,11 @@ def test_delete_org_removes_its_users_and_everything_about_them(app, client, run
         sessions = db.session.execute(db.select(LoginSession.id).where(LoginSession.user_id.in_(ids))).scalars().all()
         assert len(sessions) == 2
         gone += [s.encode() for s in sessions]
-        keys = [accounts.account_key(e) for e in (ADMIN, LENA)]
+        keys = [throttling.account_key(e) for e in (ADMIN, LENA)]
         assert db.session.scalar(db.select(db.func.count()).select_from(SignInHit)
                                  .where(SignInHit.key.contains(keys[0]))) > 0
         gone += [k.encode() for k in keys]
-        kept_key = accounts.account_key("admin@fabrikam.example")
+        kept_key = throttling.account_key("admin@fabrikam.example")
         assert len(users) == 2 and db.session.scalar(db.select(db.func.count()).select_from(AuditEvent)
                                                      .where(AuditEvent.organization_id == org.id)) > 3
     result = runner.invoke(args=["delete-org", "northwind TRADERS", "--yes"])
@@ -192,7 +192,7 @@ def test_delete_org_removes_its_users_and_everything_about_them(app, client, run
     with app.app_context():
         assert [o.name for o in db.session.execute(db.select(Organization)).scalars()] == ["Fabrikam Research"]
         assert {u.organization_id for u in db.session.execute(db.select(User)).scalars()} == {
-            accounts.get_organization("Fabrikam Research").id}
+            directory.get_organization("Fabrikam Research").id}
         deleted = db.session.execute(db.select(AuditEvent).where(AuditEvent.action == "org_deleted")).scalar_one()
         assert deleted.organization_id is None and deleted.by_operator
         assert "user=2 profile_copy=2 session=2" in deleted.detail
@@ -278,7 +278,7 @@ def test_every_cli_action_is_audited_as_the_operator(app, client, runner, active
     lines = _audit(runner, "Northwind Traders Ltd")
     by_cli = [(x["action"], x["detail"]) for x in lines if x["actor"] == "operator (CLI)"]
     with app.app_context():
-        ops = accounts.users_by_email("ops@northwind.example")[0].id
+        ops = directory.users_by_email("ops@northwind.example")[0].id
     assert by_cli == [("user_created", f"user {ops} admin break-glass password"),
                       ("domain_added", "northwind.test"), ("domain_removed", "northwind.test accounts=0"),
                       ("org_renamed", "Northwind Traders -> Northwind Traders Ltd"),

@@ -10,8 +10,8 @@ from datetime import timedelta
 import pytest
 from itsdangerous import base64_decode
 
-import accounts
 import vault
+from domain import directory, sealed
 from helpers import csrf, database_bytes, follow_link, forms, password_sign_in, sign_out, sso_sign_in, submit
 from models import AuditEvent, LoginSession, Organization, StoredProfile, User, db, utcnow
 
@@ -77,7 +77,7 @@ def test_turning_the_setting_off_deletes_stored_copies_and_is_audited(app, clien
         assert _count(StoredProfile) == 0
         lena = _lena(app)
         assert (lena.email_enc, lena.email_hmac) == (b"", b"")  # her email came from Microsoft
-        assert accounts.users_by_email("admin@northwind.example")  # a password account keeps its sign-in name
+        assert directory.users_by_email("admin@northwind.example")  # a password account keeps its sign-in name
         assert not db.session.get(Organization, active).store_profiles
         [event] = _events("store_profiles")
         assert event.detail == "off; deleted 2" and event.actor.role == "admin"
@@ -113,7 +113,7 @@ def test_turning_the_setting_on_again_stores_the_next_sign_in(app, client, no_co
     with app.app_context():
         lena = _lena(app)
         assert db.session.get(StoredProfile, lena.id).kept
-        assert accounts.user_email(lena) == LENA and accounts.users_by_email(LENA) == [lena]
+        assert directory.user_email(lena) == LENA and directory.users_by_email(LENA) == [lena]
         assert [e.detail for e in _events("store_profiles")] == ["off; deleted 1", "on; deleted 0"]
 
 
@@ -282,7 +282,7 @@ def _replace_photo(app, data: bytes) -> None:
     with app.app_context():
         lena = _lena(app)
         row = db.session.get(StoredProfile, lena.id)
-        row.photo_enc = vault.get_vault().encrypt(data, accounts._profile_aad(lena, "photo"))
+        row.photo_enc = vault.get_vault().encrypt(data, sealed.bound_to("photo", lena))
         db.session.commit()
 
 
@@ -309,7 +309,7 @@ def test_a_stored_photo_that_is_not_a_small_jpeg_or_png_is_not_served(app, clien
 # -- tampering and swapped blobs ----------------------------------------------------------------
 
 def _admin(app) -> User:
-    return accounts.users_by_email("admin@northwind.example")[0]
+    return directory.users_by_email("admin@northwind.example")[0]
 
 
 def test_tampered_profile_is_a_clear_error_and_the_row_is_kept(app, client, active, caplog):  # noqa: F811

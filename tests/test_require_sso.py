@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-import accounts
+from domain import passwords
 from helpers import PASSWORD, csrf, password_sign_in, sign_out, signed_in, submit
 from models import AuditEvent, Organization, db
 
@@ -24,7 +24,7 @@ def app_config():
 def people(app, runner, active):
     """A password member and a break-glass admin made with the CLI, besides the admin who activated SSO."""
     with app.app_context():
-        accounts.create_local_user("omar.haddad@northwind.example", "Northwind Traders", PASSWORD, role="member")
+        passwords.create_local_user("omar.haddad@northwind.example", "Northwind Traders", PASSWORD, role="member")
     result = runner.invoke(args=["create-admin", "rescue@northwind.example", "--org", "Northwind Traders",
                                  "--password-stdin", "--break-glass"], input=PASSWORD + "\n")
     assert result.exit_code == 0, result.output

@@ -1,7 +1,7 @@
 """Settings: admins only, GENERAL and SECURITY tabs, the Activate SSO form."""
 from __future__ import annotations
 
-import accounts
+from domain import passwords
 from helpers import PASSWORD, csrf, password_sign_in
 
 
@@ -18,7 +18,7 @@ def test_settings_link_and_tabs_for_admins(client, northwind):
 
 def test_members_get_403_on_settings(app, client, northwind):
     with app.app_context():
-        accounts.create_local_user("member@northwind.example", "Northwind Traders", PASSWORD, role="member")
+        passwords.create_local_user("member@northwind.example", "Northwind Traders", PASSWORD, role="member")
     password_sign_in(client, "member@northwind.example")
     assert b"settings-link" not in client.get("/").data
     for path in ("/settings/general", "/settings/security"):

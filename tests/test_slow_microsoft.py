@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 
-import accounts
+from domain import directory, passwords
 from app import create_app
 from helpers import (PASSWORD, ROOT, TEST_KEY, activate_sso, free_port, password_sign_in, readme_gunicorn, sign_out,
                      start_sso, through_microsoft)
@@ -27,8 +27,8 @@ def _demo_app(instance_path: str, database_uri: str | None, server_name: str, **
         config["SQLALCHEMY_DATABASE_URI"] = database_uri
     app = create_app(config, instance_path=instance_path)
     with app.app_context():
-        accounts.create_organization("Northwind Traders", ["northwind.example"])
-        accounts.create_local_user("admin@northwind.example", "Northwind Traders", PASSWORD, role="admin")
+        directory.create_organization("Northwind Traders", ["northwind.example"])
+        passwords.create_local_user("admin@northwind.example", "Northwind Traders", PASSWORD, role="admin")
     return app
 
 

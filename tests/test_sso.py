@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-import accounts
+from domain import passwords
 from helpers import (FABRIKAM_TID, NORTHWIND_TID, activate_sso, password_sign_in, sign_in_state, sign_out, signed_in,
                      sso_sign_in, start_sso, submit, through_microsoft)
 from models import AuditEvent, Organization, User, db
@@ -129,7 +129,7 @@ def test_user_without_photo_has_profile_but_no_photo(client, active):
 def test_existing_local_user_is_linked_at_first_sso_sign_in(app, client, active):
     from helpers import PASSWORD
     with app.app_context():
-        accounts.create_local_user("lena.fischer@northwind.example", "Northwind Traders", PASSWORD, role="member")
+        passwords.create_local_user("lena.fischer@northwind.example", "Northwind Traders", PASSWORD, role="member")
     sso_sign_in(client, "lena.fischer@northwind.example")
     with app.app_context():
         users = db.session.execute(db.select(User).where(User.organization_id == active)).scalars().all()

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-import accounts
+from domain import sessions
 from app import ConfigError, create_app
 from helpers import TEST_KEY, all_at_once, csrf
 from models import SignInHit, db
@@ -66,7 +66,7 @@ def test_counted_requests_hold_no_email_or_address_and_expired_ones_are_swept(ap
         live = len(keys)
         db.session.add(SignInHit(key="LIMITER/old", at=time.time() - 7200, expires_at=time.time() - 3600))
         db.session.commit()
-        accounts.sweep_sessions()
+        sessions.sweep_sessions()
         left = db.session.scalars(db.select(SignInHit.key)).all()
         assert len(left) == live and "LIMITER/old" not in left
     assert _guess(client, token).status_code == 401  # the live counts still count: 2 of 3

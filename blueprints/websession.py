@@ -1,0 +1,74 @@
+"""The web side of a login session: the cookie, its rotation, the CSRF secret and Flask-Login.
+
+The domain (domain/sessions.py) keeps the server-side rows and reads and writes the browser's pending state in the
+mapping it is given; this module hands it Flask's session and does what only the web can.
+"""
+from __future__ import annotations
+
+from flask import Flask, current_app, g, request, session
+from flask_login import LoginManager, login_user, logout_user
+from flask_wtf.csrf import generate_csrf
+
+import entra
+from domain import audit, sessions
+from models import User, db
+
+
+def init_app(app: Flask) -> None:
+    """Flask-Login with the server-side session check, and the client address the audit log records."""
+    manager = LoginManager()
+    manager.login_view = "auth.login"
+    manager.login_message = "Please sign in to see that page."
+    manager.login_message_category = "info"
+    manager.session_protection = None  # sessions are checked server-side instead
+    manager.user_loader(load_user)
+    manager.init_app(app)
+
+    @app.before_request
+    def audit_client() -> None:
+        g._audit_client = audit.client_address.set(request.remote_addr)
+
+    @app.teardown_request
+    def audit_client_done(_error: BaseException | None) -> None:
+        token = g.pop("_audit_client", None)
+        if token is not None:
+            audit.client_address.reset(token)
+
+
+def load_user(user_id: str) -> User | None:
+    """Flask-Login's loader: the user only while their server-side session is alive."""
+    return sessions.session_user(session, user_id)
+
+
+def state() -> sessions.State:
+    """The browser's session: where the domain keeps the session id and pending sign-ins."""
+    return session
+
+
+def current_sid_hash() -> str | None:
+    return sessions.current_sid_hash(session)
+
+
+def signed_in(user: User) -> None:
+    """After a service started a session in the cleared cookie: make it permanent, give it a new CSRF secret and
+    sign the user in with Flask-Login."""
+    session.permanent = True
+    # A new CSRF secret now, in the cookie this response sets: otherwise the first page after sign-in makes one
+    # and sends the cookie again. The token Flask-WTF cached for this request belongs to the cleared session.
+    g.pop(current_app.config["WTF_CSRF_FIELD_NAME"], None)
+    generate_csrf()
+    login_user(user)
+    # Flask-Login's client fingerprint serves only its session protection, which is off (checked server-side):
+    # 128 characters less in a cookie every request carries.
+    session.pop("_id", None)
+    # login_user read the user again (the service committed): end that read, so this request holds no pooled
+    # connection while the response hooks (the limiter's) take one of their own.
+    db.session.commit()
+
+
+def sign_out() -> str | None:
+    """End the session here; returns Microsoft's sign-out URL when the session came from Microsoft."""
+    method = sessions.end_session(session)
+    logout_user()
+    session.clear()
+    return entra.client().logout_url("/login") if method == "sso" else None
