@@ -8,9 +8,8 @@ import sys
 
 import click
 import sqlalchemy as sa
-from flask import Flask, current_app, url_for
+from flask import Flask, current_app, g, url_for
 from flask.cli import ScriptInfo, with_appcontext
-from flask_migrate.cli import db as migrate_commands
 from werkzeug.routing import BuildError
 
 import configuration
@@ -35,6 +34,31 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(migrate_commands)  # Flask-Migrate's `db` group, also when the portal is not configured
     for command in app.cli.commands.values():
         _one_line_errors(command)
+
+
+class _MigrateGroup(click.Group):
+    """Flask-Migrate's `db` commands, imported when one is asked for (a web worker never loads Alembic)."""
+
+    def _real(self) -> click.Group:
+        from flask_migrate.cli import db as real
+        _one_line_errors(real)
+        return real
+
+    def list_commands(self, ctx):
+        return self._real().list_commands(ctx)
+
+    def get_command(self, ctx, name):
+        return self._real().get_command(ctx, name)
+
+
+@click.group("db", cls=_MigrateGroup)
+@click.option("-d", "--directory", default=None, help='Migration script directory (default is "migrations")')
+@click.option("-x", "--x-arg", multiple=True, help="Additional arguments consumed by custom env.py scripts")
+@with_appcontext
+def migrate_commands(directory, x_arg) -> None:
+    """Perform database migrations."""
+    extensions.register_migrations(current_app)
+    g.directory, g.x_arg = directory, x_arg  # what Flask-Migrate's own group sets for its commands
 
 
 def unconfigured_app(configured: Flask, failure: str) -> Flask:

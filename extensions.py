@@ -9,8 +9,7 @@ from contextlib import contextmanager
 from typing import Iterator
 from urllib.parse import urlsplit
 
-from flask import Flask
-from flask_migrate import Migrate, upgrade
+from flask import Flask, current_app
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -29,17 +28,31 @@ MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "migration
 def init_app(app: Flask) -> None:
     """Bind the database, the migrations, the vault and the Entra client to the app."""
     db.init_app(app)
-    # Batch mode lets later migrations alter SQLite tables (which have no ALTER COLUMN).
-    Migrate(app, db, directory=MIGRATIONS, render_as_batch=True)
     with app.app_context():
         tune_sqlite(db.engine)
     vault.init_app(app)
     entra.init_app(app)
 
 
+def register_migrations(app: Flask) -> None:
+    """Bind Flask-Migrate (Alembic) to the app when a command or a demo start needs it: not at import, so a web
+    worker does not carry its 10 MB."""
+    if "migrate" not in app.extensions:
+        from flask_migrate import Migrate
+        # Batch mode lets later migrations alter SQLite tables (which have no ALTER COLUMN).
+        Migrate(app, db, directory=MIGRATIONS, render_as_batch=True)
+
+
+def upgrade_schema() -> None:
+    """Run the schema migrations (safe to repeat) in the current app."""
+    from flask_migrate import upgrade
+    register_migrations(current_app)
+    upgrade(directory=MIGRATIONS)
+
+
 def ensure_schema() -> None:
     """Run the schema migrations (safe to repeat) and check that the configured keys read the stored data."""
-    upgrade(directory=MIGRATIONS)
+    upgrade_schema()
     check_vault()
 
 
@@ -51,7 +64,7 @@ def startup_check(create: bool) -> None:
     """
     with _startup_lock(db.engine):
         if create:
-            upgrade(directory=MIGRATIONS)
+            upgrade_schema()
         if db.inspect(db.engine).has_table(VaultCheck.__tablename__):
             check_vault()
 

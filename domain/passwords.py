@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import logging
-import secrets
 
 from flask import current_app
 from werkzeug.security import check_password_hash, generate_password_hash
-from zxcvbn import zxcvbn
 
 import throttles
 from domain.addresses import normalise_email
@@ -24,8 +22,11 @@ log = logging.getLogger(__name__)
 
 MIN_PASSWORD = 12
 MAX_PASSWORD = 1024  # what the sign-in form accepts
-# Verifies the password of an unknown user, so both cases take the same time.
-_DUMMY_HASH = generate_password_hash(secrets.token_urlsafe(16))
+# Verifies the password of an unknown user, so both cases take the same time: a hash in generate_password_hash's
+# format and cost (scrypt, n=2**15) of a random password nobody kept. A constant, because computing it at import
+# raised every worker's peak memory by about 30 MB (scrypt's work area) before it served anything.
+_DUMMY_HASH = ("scrypt:32768:8:1$Krv9Vwi6bRviSM6e$7c4b4652e919168c35fa4ba1e4854d4a4fb5a8a53d8266510acc46ba85e26c888c"
+               "7b382a566ce0bb54fdbe4f6ece6fb30bb04c3d433bed69ba02ebdc6a895a27")
 
 
 def check_password(password: str, email: str) -> None:
@@ -40,6 +41,7 @@ def check_password(password: str, email: str) -> None:
     folded, local = password.casefold(), email.partition("@")[0]
     if email in folded or (len(local) >= 4 and local in folded):
         raise InvalidInput("That password contains the email address: choose one that does not.")
+    from zxcvbn import zxcvbn  # here, not at the top: its word lists are 12 MB a web worker needs only for this
     # zxcvbn reads at most 72 characters; a long password is judged by its start.
     found = zxcvbn(password[:72], user_inputs=[email, local])
     if found["score"] < 3:
