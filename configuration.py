@@ -25,6 +25,7 @@ BOOLEAN_KEYS = (
 )
 # Numbers the portal computes with: (key, smallest allowed value).
 NUMBER_KEYS = (("ENTRA_TIMEOUT", 0.001), ("SESSION_IDLE_MINUTES", 0.001), ("SESSION_MAX_HOURS", 0.001),
+               ("SESSION_SWEEP_SECONDS", 0),
                ("PROXY_FIX_X_FOR", 0), ("PROXY_FIX_X_PROTO", 0), ("MAX_CONTENT_LENGTH", 1))
 WHERE = "in instance/config.py or as FLASK_{key}"
 
@@ -47,6 +48,7 @@ def defaults() -> dict[str, Any]:
         ENCRYPTION_KEY_FILE=None,
         DEMO_MODE=False,
         SESSION_IDLE_MINUTES=30,
+        SESSION_SWEEP_SECONDS=60,  # a worker's sign-ins sweep expired sessions at most this often (0: every one)
         SESSION_MAX_HOURS=8,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",

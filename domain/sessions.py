@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from datetime import timedelta
 from typing import Any, MutableMapping
 
@@ -46,7 +47,7 @@ def start_session(user: User, method: str, state: State) -> str:
     sid = secrets.token_urlsafe(32)
     db.session.add(LoginSession(id=sid_hash(sid), user_id=user.id, method=method))
     state["sid"] = sid
-    sweep_expired_sessions()  # every sign-in tidies up sessions nobody came back to
+    _sweep_now_and_then()  # sign-ins tidy up sessions nobody came back to
     return sid_hash(sid)
 
 
@@ -106,11 +107,22 @@ def drop_login_session(hashed: str) -> bool:
     return bool(db.session.execute(db.delete(LoginSession).where(LoginSession.id == hashed)).rowcount)
 
 
+def _sweep_now_and_then() -> None:
+    """Sweep at this sign-in if this worker has not for SESSION_SWEEP_SECONDS (0: at every sign-in). A sweep is
+    tidying only: the session check refuses expired sessions whether or not they were swept."""
+    every = current_app.config["SESSION_SWEEP_SECONDS"]
+    now = time.monotonic()
+    last = current_app.extensions.get("session_swept_at")
+    if last is None or now - last >= every:
+        current_app.extensions["session_swept_at"] = now
+        sweep_expired_sessions()
+
+
 def sweep_expired_sessions() -> tuple[int, int]:
     """Delete sessions past their idle or absolute limit, profile copies no live session holds and expired
     sign-in throttle counts (caller commits).
 
-    Returns (sessions, copies) deleted. Runs at every sign-in and as `flask --app app sweep-sessions`.
+    Returns (sessions, copies) deleted. Runs at sign-ins (see _sweep_now_and_then) and as `flask --app app sweep-sessions`.
     """
     cfg = current_app.config
     now = utcnow()

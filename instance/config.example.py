@@ -49,6 +49,8 @@
 # Idle timeout and absolute lifetime of a sign-in.
 # SESSION_IDLE_MINUTES = 30
 # SESSION_MAX_HOURS = 8
+# How often (seconds) a worker's sign-ins sweep expired sessions and their copies (0: at every sign-in).
+# SESSION_SWEEP_SECONDS = 60
 # Outside demo mode the cookie is always Secure and named __Host-portal_session; these stay as they are.
 # SESSION_COOKIE_HTTPONLY = True
 # SESSION_COOKIE_SAMESITE = "Lax"

@@ -145,6 +145,7 @@ def _age_sessions(app, user_id: int, minutes: int) -> None:
 
 
 def test_next_sign_in_sweeps_expired_sessions_and_their_copies(app, client, no_copies):
+    app.config["SESSION_SWEEP_SECONDS"] = 0  # sweep at every sign-in (by default a worker's first in a minute)
     sso_sign_in(client, LENA)  # and she never comes back
     with app.app_context():
         lena_id = _lena(app).id
