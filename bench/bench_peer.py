@@ -42,7 +42,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from flask_migrate import upgrade
 
 import extensions
 import vault as vault_module
@@ -215,12 +214,13 @@ class Portal(Side):
         self.config = {"SERVER_NAME": f"127.0.0.1:{self.port}", "SECRET_KEY": "b" * 48,
                        "ENCRYPTION_KEYS": [vault_module.generate_key()], "ENTRA_CLIENT_ID": CLIENT_ID,
                        "ENTRA_CLIENT_SECRET": CLIENT_SECRET, "ENTRA_AUTHORITY": emulator_url + "/organizations",
-                       "GRAPH_ENDPOINT": emulator_url + "/graph/v1.0", "ENTRA_CA_BUNDLE": ca}
+                       "GRAPH_ENDPOINT": emulator_url + "/graph/v1.0", "ENTRA_CA_BUNDLE": ca,
+                       "ENTRA_TRUST_ENV": False}  # no proxy here: the README's setting for that
         if self.schema:
             self.config["SQLALCHEMY_DATABASE_URI"] = self.schema.uri
         self.app = create_app(self.config, instance_path=self.folder)
         with self.app.app_context():
-            upgrade(directory=extensions.MIGRATIONS)  # outside demo mode the operator runs `flask db upgrade`
+            extensions.upgrade_schema()  # outside demo mode the operator runs `flask db upgrade`
             directory.create_organization("Northwind Traders", ["northwind.example"])
             passwords.create_local_user("admin@northwind.example", "Northwind Traders", PASSWORD, role="admin")
         admin = self.browser()
