@@ -21,7 +21,7 @@ BOOLEAN_KEYS = (
     "SESSION_COOKIE_HTTPONLY", "SESSION_COOKIE_PARTITIONED", "SESSION_REFRESH_EACH_REQUEST",
     "WTF_CSRF_ENABLED", "WTF_CSRF_CHECK_DEFAULT", "WTF_CSRF_SSL_STRICT", "SQLALCHEMY_ECHO",
     "SQLALCHEMY_RECORD_QUERIES", "SQLALCHEMY_TRACK_MODIFICATIONS", "RATELIMIT_ENABLED", "RATELIMIT_HEADERS_ENABLED",
-    "RATELIMIT_SWALLOW_ERRORS", "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", "RATELIMIT_KEY_PREFIX_ENABLED",
+    "RATELIMIT_SWALLOW_ERRORS", "RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", "RATELIMIT_KEY_PREFIX_ENABLED", "ENTRA_TRUST_ENV",
 )
 # Numbers the portal computes with: (key, smallest allowed value).
 NUMBER_KEYS = (("ENTRA_TIMEOUT", 0.001), ("SESSION_IDLE_MINUTES", 0.001), ("SESSION_MAX_HOURS", 0.001),
@@ -43,7 +43,8 @@ def defaults() -> dict[str, Any]:
         ENTRA_AUTHORITY=DEFAULT_AUTHORITY,
         GRAPH_ENDPOINT="https://graph.microsoft.com/v1.0",
         ENTRA_TIMEOUT=10.0,
-        ENTRA_CA_BUNDLE=None,  # a PEM file of CAs for outbound calls instead of the system's (a staging emulator)
+        ENTRA_CA_BUNDLE=None,
+        ENTRA_TRUST_ENV=True,  # False: outbound calls ignore HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE, .netrc  # a PEM file of CAs for outbound calls instead of the system's (a staging emulator)
         ENCRYPTION_KEYS=None,
         ENCRYPTION_KEY_FILE=None,
         DEMO_MODE=False,

@@ -67,7 +67,8 @@ class EntraClient:
         self.base_url = base
         self.redirect_uri = base + CALLBACK_PATH
         self.admin_consent_redirect_uri = base + ADMIN_CONSENT_CALLBACK_PATH
-        self.http = TimeoutSession(float(cfg["ENTRA_TIMEOUT"]), cfg.get("ENTRA_CA_BUNDLE"))
+        self.http = TimeoutSession(float(cfg["ENTRA_TIMEOUT"]), cfg.get("ENTRA_CA_BUNDLE"),
+                                   trust_env=cfg["ENTRA_TRUST_ENV"])
         self._lock = threading.Lock()
         self._msal: msal.ConfidentialClientApplication | None = None
         self._discovery: dict[str, Any] | None = None

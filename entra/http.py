@@ -13,8 +13,10 @@ class TimeoutSession(requests.Session):
     """The one outbound session: every call gets a timeout, even MSAL's, which sends none. A GET answer the portal
     has checked and kept (the authority's discovery document) is answered from memory, so MSAL reads ours."""
 
-    def __init__(self, timeout: float, ca_bundle: str | None = None):
+    def __init__(self, timeout: float, ca_bundle: str | None = None, trust_env: bool = True):
         super().__init__()
+        # False: no proxy, CA or .netrc settings from the environment (requests reads them on every call).
+        self.trust_env = trust_env
         self.default_timeout = timeout
         if ca_bundle:
             self.verify = ca_bundle  # the CAs to trust instead of the system's (ENTRA_CA_BUNDLE)

@@ -26,6 +26,8 @@
 # A PEM file of CA certificates to trust for the outbound calls instead of the system's (e.g. a staging emulator
 # started with `python -m emulator` and a private CA). Never a way to switch verification off.
 # ENTRA_CA_BUNDLE = None
+# Outbound calls read proxy settings from the environment (HTTPS_PROXY, NO_PROXY); False where none is needed.
+# ENTRA_TRUST_ENV = True
 
 # -- database --------------------------------------------------------------------------------------------------
 # None: SQLite in instance/portal.sqlite (one server). Several workers or hosts: PostgreSQL through psycopg 3, e.g.
