@@ -23,6 +23,7 @@ import commands
 import configuration
 import demo
 import entra
+import throttles
 from blueprints import auth, home, profile, settings, websession
 
 ConfigError = configuration.ConfigError
@@ -102,10 +103,18 @@ def _finish_config(app: Flask) -> None:
     cfg["PORTAL_NAME"] = cfg["PORTAL_NAME"].strip()
 
 
+class _Limiter(Limiter):
+    """Flask-Limiter, counting a request's limits in one transaction (throttles.counting_together)."""
+
+    def _check_request_limit(self, *args, **kwargs):
+        with throttles.counting_together():
+            return super()._check_request_limit(*args, **kwargs)
+
+
 def _wire_rate_limits(app: Flask) -> None:
     """Throttle the sign-in endpoints per client IP; one Limiter per app (accounts counts failed password checks
     per account and client with it, in the view, where a check is known to have failed)."""
-    limiter = Limiter(lambda: throttling.address_key(get_remote_address()), app=app)
+    limiter = _Limiter(lambda: throttling.address_key(get_remote_address()), app=app)
 
     @limiter.request_filter
     def not_a_sign_in() -> bool:

@@ -6,14 +6,17 @@ a view can know about (a failed password check), with the same strategy and stor
 A storage backend for `limits`, the engine under Flask-Limiter, selected with
 RATELIMIT_STORAGE_URI = "portal-database://" (the default). It supports the moving window: one row per counted
 request, counted while its window lasts. Counting runs in its own short transaction, serialised per key, so
-parallel requests on several workers cannot all slip under a limit.
+parallel requests on several workers cannot all slip under a limit; a request's limits are counted in one
+transaction (`counting_together`).
 """
 from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
-from flask import current_app
+from flask import current_app, g, has_app_context
 from limits import parse_many
 from limits.storage import MovingWindowSupport, Storage
 from sqlalchemy import Float, Integer, String, bindparam, delete, func, insert, select, text
@@ -58,16 +61,23 @@ class DatabaseStorage(Storage, MovingWindowSupport):
         """Count `amount` requests under `key` unless that would exceed `limit` within the last `expiry` seconds."""
         if amount > limit:
             return False
+        together = g.get("throttle_counting") if has_app_context() else None
+        if together is not None:
+            return self._acquire(together, key, limit, expiry, amount)
+        with db.engine.begin() as conn:
+            return self._acquire(conn, key, limit, expiry, amount)
+
+    @staticmethod
+    def _acquire(conn, key: str, limit: int, expiry: int, amount: int) -> bool:
         now = time.time()
         row = {"key": key, "at": now, "expires_at": now + expiry}
-        with db.engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(_LOCK, {"key": key})  # parallel requests for this key queue here
-            # One statement: on SQLite it holds the write lock from its start, so parallel requests queue there.
-            if conn.execute(_ACQUIRE, {**row, "since": now - expiry, "amount": amount, "limit": limit}).first() is None:
-                return False
-            if amount > 1:  # the rest of a costlier request, still under the lock
-                conn.execute(insert(_hits), [row] * (amount - 1))
+        if conn.dialect.name == "postgresql":
+            conn.execute(_LOCK, {"key": key})  # parallel requests for this key queue here (until the commit)
+        # One statement: on SQLite it holds the write lock from its start, so parallel requests queue there.
+        if conn.execute(_ACQUIRE, {**row, "since": now - expiry, "amount": amount, "limit": limit}).first() is None:
+            return False
+        if amount > 1:  # the rest of a costlier request, still under the lock
+            conn.execute(insert(_hits), [row] * (amount - 1))
         return True
 
     def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
@@ -107,6 +117,30 @@ class DatabaseStorage(Storage, MovingWindowSupport):
         raise NotImplementedError("portal-database:// counts with RATELIMIT_STRATEGY = 'moving-window' only")
 
 
+@contextmanager
+def counting_together() -> Iterator[None]:
+    """Count every limit acquired inside in one transaction: one commit per request instead of one per limit.
+
+    Committed also when a limit refuses (the counts before it stay, as when each was its own transaction) and
+    rolled back only on a database error. Limits are always taken in the same order (Flask-Limiter sorts them),
+    so two requests holding per-key locks cannot wait for each other."""
+    if g.get("throttle_counting") is not None:
+        yield
+        return
+    with db.engine.connect() as conn:
+        conn.begin()
+        g.throttle_counting = conn
+        try:
+            yield
+        except SQLAlchemyError:
+            conn.rollback()
+            raise
+        finally:
+            g.throttle_counting = None
+            if conn.in_transaction():
+                conn.commit()
+
+
 def forget_expired() -> int:
     """Delete counted requests whose window has passed (the caller commits); how many."""
     return db.session.execute(delete(SignInHit).where(SignInHit.expires_at <= time.time()),
@@ -125,11 +159,12 @@ def hit(limit_text: str, *identifiers: str) -> int:
     strategy = _strategy()
     if strategy is None:
         return 0
-    for item in parse_many(limit_text):
-        if not strategy.hit(item, *identifiers):
-            reset_at = strategy.get_window_stats(item, *identifiers).reset_time
-            return max(1, math.ceil(reset_at - time.time()))
-    return 0
+    with counting_together():
+        refused = next((item for item in parse_many(limit_text) if not strategy.hit(item, *identifiers)), None)
+    if refused is None:
+        return 0
+    reset_at = strategy.get_window_stats(refused, *identifiers).reset_time
+    return max(1, math.ceil(reset_at - time.time()))
 
 
 def clear(limit_text: str, *identifiers: str) -> None:
