@@ -48,7 +48,10 @@ def unconfigured_app(configured: Flask, failure: str) -> Flask:
 
 
 def describe_failure(e: BaseException) -> str | None:
-    """One line for a configuration, key or database failure, naming the fix; None for anything else (a bug)."""
+    """One line for refused input, a configuration, key or database failure, naming the fix; None for anything
+    else (a bug)."""
+    if isinstance(e, errors.PortalError):  # the domain refused: its own sentence
+        return e.message
     if isinstance(e, configuration.ConfigError):
         return str(e)
     if isinstance(e, vault.KeyConfigError):
@@ -99,18 +102,6 @@ def _one_line_errors(command: click.Command) -> None:
     command.callback = callback
 
 
-def _fail(e: Exception) -> None:
-    raise click.ClickException(getattr(e, "message", str(e)))
-
-
-def _organization(name: str):
-    """The organisation called `name`, or a one-line error and exit code 1."""
-    try:
-        return directory.get_organization(name)
-    except errors.PortalError as e:
-        _fail(e)
-
-
 @click.command("init-db")
 @with_appcontext
 def init_db() -> None:
@@ -125,10 +116,7 @@ def init_db() -> None:
 @click.option("--domain", "domains", multiple=True, required=True, help="An email domain of the organisation.")
 def create_org(name: str, domains: tuple[str, ...]) -> None:
     """Create an organisation with one or more email domains."""
-    try:
-        org = directory.create_organization(name, domains, policy.OPERATOR)
-    except errors.PortalError as e:
-        _fail(e)
+    org = directory.create_organization(name, domains, policy.OPERATOR)
     click.echo(f"Created organisation {org.name} with {', '.join(d.name for d in org.domains)}.")
 
 
@@ -151,11 +139,8 @@ def orgs() -> None:
 @click.argument("new_name")
 def rename_org(name: str, new_name: str) -> None:
     """Give an organisation a new name (names are unique without regard to case)."""
-    org = _organization(name)
-    try:
-        old = directory.rename_organization(org, new_name, policy.OPERATOR)
-    except errors.PortalError as e:
-        _fail(e)
+    org = directory.get_organization(name)
+    old = directory.rename_organization(org, new_name, policy.OPERATOR)
     click.echo(f"Renamed organisation {old} to {org.name}.")
 
 
@@ -165,11 +150,8 @@ def rename_org(name: str, new_name: str) -> None:
 @click.option("--org", "org_name", required=True, help="The organisation's name.")
 def add_domain(domain: str, org_name: str) -> None:
     """Add an email domain to an organisation."""
-    org = _organization(org_name)
-    try:
-        added = directory.add_domain(org, domain, policy.OPERATOR)
-    except errors.PortalError as e:
-        _fail(e)
+    org = directory.get_organization(org_name)
+    added = directory.add_domain(org, domain, policy.OPERATOR)
     click.echo(f"Added {added} to {org.name}.")
 
 
@@ -179,11 +161,8 @@ def add_domain(domain: str, org_name: str) -> None:
 @click.option("--org", "org_name", required=True, help="The organisation's name.")
 def remove_domain(domain: str, org_name: str) -> None:
     """Remove an email domain from an organisation (never its last one)."""
-    org = _organization(org_name)
-    try:
-        removed, affected = directory.remove_domain(org, domain, policy.OPERATOR)
-    except errors.PortalError as e:
-        _fail(e)
+    org = directory.get_organization(org_name)
+    removed, affected = directory.remove_domain(org, domain, policy.OPERATOR)
     click.echo(f"Removed {removed} from {org.name}.")
     if affected:
         click.echo(f"{affected} of its accounts have an email in {removed}: password accounts keep signing in with "
@@ -196,7 +175,7 @@ def remove_domain(domain: str, org_name: str) -> None:
 @click.option("--yes", is_flag=True, help="Confirm: delete the organisation, its users and all their data.")
 def delete_org(name: str, yes: bool) -> None:
     """Delete an organisation with its users and everything stored about them (needs --yes)."""
-    org = _organization(name)
+    org = directory.get_organization(name)
     if not yes:
         users = sum(n for o, n in directory.organizations() if o.id == org.id)
         raise click.ClickException(f"Deleting {org.name} deletes its {users} user{'' if users == 1 else 's'} and "
@@ -222,11 +201,8 @@ def _read_password(password_stdin: bool) -> str:
 def create_admin(email: str, org_name: str, password_stdin: bool, break_glass: bool) -> None:
     """Create an administrator with a password."""
     password = _read_password(password_stdin)
-    try:
-        user = passwords.create_local_user(email, org_name, password, role="admin", break_glass=break_glass,
-                                          actor=policy.OPERATOR)
-    except errors.PortalError as e:
-        _fail(e)
+    user = passwords.create_local_user(email, org_name, password, role="admin", break_glass=break_glass,
+                                      actor=policy.OPERATOR)
     click.echo(f"Created administrator {directory.user_email(user)} in {user.organization.name}.")
 
 
@@ -237,10 +213,7 @@ def create_admin(email: str, org_name: str, password_stdin: bool, break_glass: b
 def set_password(email: str, password_stdin: bool) -> None:
     """Give a password account a new password and end its sessions."""
     password = _read_password(password_stdin)
-    try:
-        user, ended = passwords.set_password(email, password, policy.OPERATOR)
-    except errors.PortalError as e:
-        _fail(e)
+    user, ended = passwords.set_password(email, password, policy.OPERATOR)
     click.echo(f"New password set for {directory.user_email(user)}; {ended} session{'' if ended == 1 else 's'} "
                "ended.")
 
@@ -250,7 +223,7 @@ def set_password(email: str, password_stdin: bool) -> None:
 @click.option("--org", "org_name", required=True, help="The organisation's name.")
 def deactivate_sso(org_name: str) -> None:
     """Turn single sign-on off for an organisation (the operator's way back in)."""
-    org = _organization(org_name)
+    org = directory.get_organization(org_name)
     signin.deactivate_sso(org, policy.OPERATOR, via="cli")
     click.echo(f"Single sign-on is off for {org.name}; password accounts can sign in.")
 
@@ -375,6 +348,6 @@ def sweep_sessions() -> None:
 @click.option("--org", "org_name", required=True, help="The organisation's name.")
 def audit(org_name: str) -> None:
     """Print an organisation's audit log as JSON lines, oldest first (time in UTC)."""
-    org = _organization(org_name)
+    org = directory.get_organization(org_name)
     for entry in auditlog.audit_log(org, policy.OPERATOR):
         click.echo(json.dumps(entry.as_json(), ensure_ascii=False))

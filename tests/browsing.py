@@ -28,7 +28,7 @@ from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 from werkzeug.datastructures import Headers
 from werkzeug.test import Client
 
-from helpers import forms
+from helpers import form_data, forms
 
 POLICIES = {"no-referrer", "no-referrer-when-downgrade", "same-origin", "origin", "strict-origin",
             "origin-when-cross-origin", "strict-origin-when-cross-origin", "unsafe-url"}
@@ -360,21 +360,9 @@ class Browser:
             for name, value, label in form["buttons"]:
                 if label != button:
                     continue
-                data = dict(form["fields"])
-                for rname, options in form["radios"].items():
-                    chosen = [v for v, checked in options if checked]
-                    if radio and rname in radio:
-                        data[rname] = radio[rname]
-                    elif chosen:
-                        data[rname] = chosen[0]
-                for cname, (cvalue, checked) in form["checkboxes"].items():
-                    if (checks or {}).get(cname, checked):
-                        data[cname] = cvalue
                 unknown = set(fields or {}) - set(form["fields"])
                 assert not unknown, f"a person can only fill fields the form has, not {sorted(unknown)}"
-                data.update(fields or {})
-                if name:
-                    data[name] = value
+                data = form_data(form, name, value, fields=fields, checks=checks, radio=radio)
                 action = urljoin(page.url, form["action"] or page.url)
                 csp = page.headers.get("Content-Security-Policy")
                 if form["method"] == "post":
