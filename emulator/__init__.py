@@ -13,12 +13,13 @@ import time
 import requests
 
 from .app import create_app
-from .directory import Directory, Tenant, User, build_directory
+from .directory import Directory, Group, Tenant, User, build_directory
+from .provisioning import SCOPES, USER_STATES, Cycle
 from .store import Store
 from .tokens import KeyRing, new_signing_key
 from .transport import GRAPH_HOST, LOGIN_HOST, EmulatorAdapter
 
-__all__ = ["Emulator", "Directory", "Tenant", "User"]
+__all__ = ["Emulator", "Directory", "Group", "Tenant", "User"]
 
 
 class Emulator:
@@ -58,6 +59,8 @@ class Emulator:
         self.secret_key = self.store.get_or_set_meta("flask_secret_key",
                                                      lambda: secrets.token_hex(32))
         self.max_content_length = max_content_length  # bodies beyond it are refused (413) unread
+        # The provisioning service's outbound session (tests mount an app's WSGI app on it).
+        self.provisioning_session = requests.Session()
         self.wsgi = create_app(self)
 
     def now(self) -> float:
@@ -80,7 +83,7 @@ class Emulator:
     def set_tenant(self, tid: str, *, users_may_consent: bool | None = None,
                    assignment_required: bool | None = None,
                    assigned: list[str] | None = None) -> None:
-        """Change a tenant's switches (None leaves a switch unchanged); `assigned` lists oids."""
+        """Change a tenant's switches (None leaves a switch unchanged); `assigned` lists user and group oids."""
         tenant = self.directory.tenant(tid)
         if tenant is None:
             raise KeyError(f"unknown tenant {tid!r}")
@@ -101,3 +104,56 @@ class Emulator:
         """True when an admin of the tenant consented for the whole organisation."""
         tenant = self.directory.tenant(tid)
         return self.store.has_admin_consent(tenant.tid if tenant else tid, client_id)
+
+    # -- the directory's changes and the provisioning service ------------------------
+    def user_state(self, oid: str) -> str:
+        """"enabled", "disabled" (account disabled) or "deleted" (hard-deleted)."""
+        return self.store.user_state(oid) or "enabled"
+
+    def set_user_state(self, oid: str, state: str) -> None:
+        if self.directory.user_by_oid(oid) is None:
+            raise KeyError(f"unknown user {oid!r}")
+        if state not in USER_STATES:
+            raise ValueError(f"state must be one of {USER_STATES}")
+        self.store.set_user_state(oid, state)
+
+    def is_assigned(self, user: User) -> bool:
+        """True when the app is assigned to the user, directly or through one of their groups."""
+        assigned = set(self.tenant_settings(user.tid)["assigned"])
+        tenant = self.directory.tenant(user.tid)
+        return user.oid in assigned or any(
+            g.gid in assigned and user.oid in self.group_members(g) for g in tenant.groups)
+
+    def group_members(self, group: Group) -> list[str]:
+        """The group's member oids: the directory's, unless changed with set_group_members."""
+        stored = self.store.group_members(group.gid)
+        return list(group.members) if stored is None else stored
+
+    def set_group_members(self, gid: str, oids: list[str]) -> None:
+        group = self.directory.group_by_id(gid)
+        if group is None:
+            raise KeyError(f"unknown group {gid!r}")
+        tenant = self.directory.tenant(group.tid)
+        if not set(oids) <= {u.oid for u in tenant.users}:
+            raise ValueError("members must be users of the group's tenant")
+        self.store.set_group_members(gid, list(oids))
+
+    def configure_provisioning(self, tid: str, *, tenant_url: str | None = None, token: str | None = None,
+                               scope: str | None = None) -> None:
+        """Admin credentials (Tenant URL, secret token) and scope; None leaves a field unchanged."""
+        tenant = self.directory.tenant(tid)
+        if tenant is None:
+            raise KeyError(f"unknown tenant {tid!r}")
+        if scope is not None and scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}")
+        self.store.update_provisioning(tenant.tid, tenant_url=tenant_url, token=token, scope=scope)
+
+    def provision(self, tid: str) -> dict:
+        """Run one provisioning cycle for the tenant through `provisioning_session`; return its summary."""
+        tenant = self.directory.tenant(tid)
+        if tenant is None:
+            raise KeyError(f"unknown tenant {tid!r}")
+        with self._lock:  # one cycle at a time, as Entra runs one per app
+            summary = Cycle(self, tenant, self.provisioning_session).run()
+        self.store.update_provisioning(tenant.tid, last_cycle=summary)
+        return summary

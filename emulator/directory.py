@@ -1,4 +1,4 @@
-"""The emulator's demo directory: two fictional tenants with users and photos."""
+"""The emulator's demo directory: two fictional tenants with users, photos and groups."""
 from __future__ import annotations
 
 import hashlib
@@ -30,6 +30,16 @@ class User:
 
 
 @dataclass
+class Group:
+    """A security group; `members` lists user oids (the emulator's store may override them)."""
+
+    gid: str
+    tid: str
+    name: str
+    members: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Tenant:
     """A tenant; the switches here are defaults, the emulator's store overrides them."""
 
@@ -37,6 +47,7 @@ class Tenant:
     name: str
     domains: list[str]
     users: list[User] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
     users_may_consent: bool = True
     assignment_required: bool = False
     region: str = "NA"  # discovery's tenant_region_scope
@@ -70,6 +81,9 @@ class Directory:
 
     def user_by_oid(self, oid: str) -> User | None:
         return next((u for u in self.users if u.oid == oid), None)
+
+    def group_by_id(self, gid: str) -> Group | None:
+        return next((g for t in self.tenants for g in t.groups if g.gid == gid), None)
 
     def email_domain_verified(self, user: User) -> bool:
         """True when the user's mail is in one of its tenant's verified domains (xms_edov)."""
@@ -153,6 +167,11 @@ def build_directory() -> Directory:
               "Jun", "Park", "External Consultant", "Northwind Traders", "Finance", nw_addr,
               mail="jun.park@partners.example", phone="+1 555 0104", language="ko-KR"),
     ])
+    northwind.groups = [
+        Group("8a1f2b3c-0d4e-4f5a-8b6c-7d8e9f0a1b10", nw, "Portal Admins", [northwind.users[0].oid]),
+        Group("9b2a3c4d-1e5f-4a6b-9c7d-8e9fa0b1c211", nw, "Sales and Operations",
+              [northwind.users[1].oid, northwind.users[2].oid]),
+    ]
     fabrikam = Tenant(fb, "Fabrikam Research", ["fabrikam.example", "fabrikamresearch.example"],
                       region="EU", users=[
         _user(fb, "4eab5a96-b05c-4b4f-9e9b-7c6d5fca8b05", "admin@fabrikam.example", "admin",
@@ -171,4 +190,9 @@ def build_directory() -> Directory:
               mail="priya.nair@fabrikamresearch.example", phone="+49 89 5550 103",
               mobile="+49 151 5550 103", office="Lab 2.03"),
     ])
+    fabrikam.groups = [
+        Group("ac3b4d5e-2f6a-4b7c-8d8e-9fa0b1c2d312", fb, "Portal Admins", [fabrikam.users[0].oid]),
+        Group("bd4c5e6f-3a7b-4c8d-9e9f-a0b1c2d3e413", fb, "Researchers",
+              [fabrikam.users[1].oid, fabrikam.users[2].oid, fabrikam.users[3].oid]),
+    ]
     return Directory([northwind, fabrikam])

@@ -124,7 +124,7 @@ def _advance(pending: dict, notice: str | None = None):
         return _page("admin_consent.html", pending, user=user, tenant=tenant, client=client)
 
     settings = emu.tenant_settings(user.tid)
-    if settings["assignment_required"] and user.oid not in settings["assigned"]:
+    if settings["assignment_required"] and not emu.is_assigned(user):
         return _redirect_error(
             pending, "access_denied", 50105,
             f"Your administrator has configured the application {client['name']} "
@@ -155,7 +155,7 @@ def _handle_post(kind: str, segment: str):
             return _start(kind, segment, request.form)  # a POSTed authorize request
         return _error_page(900144, "The request body must contain the following parameter: "
                                    "'pending'.")
-    if not _csrf_ok():
+    if not csrf_ok():
         return _error_page(90015, "The request could not be verified (CSRF token missing or "
                                   "invalid). Go back to the application and start again.")
     pending = session.get("pending", {}).get(request.form["pending"])
@@ -165,8 +165,12 @@ def _handle_post(kind: str, segment: str):
     step = request.form.get("step")
     if step == "signin":
         user = emu.directory.user_by_upn(request.form.get("username", ""))
-        if user is None:
+        if user is None or emu.user_state(user.oid) == "deleted":
             return _signin_page(pending, "Choose an account to sign in.")
+        if emu.user_state(user.oid) == "disabled":
+            return _error_page(50057, "The user account is disabled. The user object in Active Directory "
+                                      "backing this account has been disabled. An admin can re-enable this "
+                                      "account through PowerShell.")
         session["user"] = user.oid
         session["sid"] = tokens.new_guid()
         pending["signed_in"] = True
@@ -307,7 +311,7 @@ def csrf_token() -> str:
     return session["csrf"]
 
 
-def _csrf_ok() -> bool:
+def csrf_ok() -> bool:
     sent = request.form.get("csrf_token", "")
     return bool(sent) and hmac.compare_digest(sent, session.get("csrf", ""))
 
