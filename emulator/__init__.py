@@ -14,7 +14,7 @@ import requests
 
 from .app import create_app
 from .directory import Directory, Group, Tenant, User, build_directory
-from .provisioning import SCOPES, USER_STATES, Cycle
+from .provisioning import EXTERNAL_ID_SOURCES, SCOPES, USER_STATES, Cycle
 from .store import Store
 from .tokens import KeyRing, new_signing_key
 from .transport import GRAPH_HOST, LOGIN_HOST, EmulatorAdapter
@@ -139,14 +139,17 @@ class Emulator:
         self.store.set_group_members(gid, list(oids))
 
     def configure_provisioning(self, tid: str, *, tenant_url: str | None = None, token: str | None = None,
-                               scope: str | None = None) -> None:
-        """Admin credentials (Tenant URL, secret token) and scope; None leaves a field unchanged."""
+                               scope: str | None = None, external_id: str | None = None) -> None:
+        """Admin credentials (Tenant URL, secret token), scope and externalId's source; None leaves a field as it is."""
         tenant = self.directory.tenant(tid)
         if tenant is None:
             raise KeyError(f"unknown tenant {tid!r}")
         if scope is not None and scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}")
-        self.store.update_provisioning(tenant.tid, tenant_url=tenant_url, token=token, scope=scope)
+        if external_id is not None and external_id not in EXTERNAL_ID_SOURCES:
+            raise ValueError(f"external_id must be one of {EXTERNAL_ID_SOURCES}")
+        self.store.update_provisioning(tenant.tid, tenant_url=tenant_url, token=token, scope=scope,
+                                       external_id=external_id)
 
     def provision(self, tid: str) -> dict:
         """Run one provisioning cycle for the tenant through `provisioning_session`; return its summary."""

@@ -1,5 +1,6 @@
-"""The emulator's admin page for a tenant: Provisioning (Tenant URL, secret token, scope, who is assigned,
-disabled or deleted, and **Provision now**, which runs one cycle and shows its summary)."""
+"""The emulator's admin page for a tenant: Provisioning (Tenant URL, secret token, scope, externalId's source,
+who is assigned, disabled or deleted, group members, and **Provision now**, which runs one cycle and shows its
+summary)."""
 from __future__ import annotations
 
 from urllib.parse import urlsplit
@@ -8,7 +9,7 @@ from flask import Blueprint, abort, redirect, render_template, request, url_for
 
 from .answers import current
 from .pages import csrf_ok
-from .provisioning import SCOPES, USER_STATES
+from .provisioning import EXTERNAL_ID_SOURCES, SCOPES, USER_STATES
 
 bp = Blueprint("admin", __name__)
 
@@ -42,7 +43,11 @@ def _save(tenant) -> str | None:
     scope = form.get("scope") or None
     if scope is not None and scope not in SCOPES:
         return "Choose a scope."
-    emu.configure_provisioning(tenant.tid, tenant_url=url or None, token=form.get("token") or None, scope=scope)
+    external_id = form.get("external_id") or None
+    if external_id is not None and external_id not in EXTERNAL_ID_SOURCES:
+        return "Choose the source of externalId."
+    emu.configure_provisioning(tenant.tid, tenant_url=url or None, token=form.get("token") or None, scope=scope,
+                               external_id=external_id)
     if form.get("action") == "provision" and "assigned" not in form and "state" not in form:
         return None  # the button alone: keep the directory as it is
     ids = {u.oid for u in tenant.users} | {g.gid for g in tenant.groups}
@@ -64,6 +69,7 @@ def _page(tenant, error: str | None = None):
     assigned = set(emu.tenant_settings(tenant.tid)["assigned"])
     return render_template("provisioning.html", title=f"Provisioning · {tenant.name}", tenant=tenant,
                            config=config, scope=config["scope"] or "assigned", assigned=assigned,
+                           external_id=config["external_id"] or "objectId",
                            states={u.oid: emu.user_state(u.oid) for u in tenant.users},
                            members={g.gid: set(emu.group_members(g)) for g in tenant.groups},
                            user_states=USER_STATES, error=error)

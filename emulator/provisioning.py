@@ -11,6 +11,7 @@ created without members, and their members added or removed by PATCH (a removal 
 from __future__ import annotations
 
 import datetime
+import re
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -27,6 +28,9 @@ PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 SCIM_JSON = "application/scim+json"
 USER_STATES = ("enabled", "disabled", "deleted")  # deleted = hard-deleted (Entra sends DELETE)
 SCOPES = ("assigned", "all")  # Entra's "Sync only assigned users and groups" / "Sync all users and groups"
+# The source of externalId: Entra's own default mapping is mailNickname; the portal matches a provisioned user
+# to their sign-in by object id, so its set-up has the admin map objectId (the emulator's default).
+EXTERNAL_ID_SOURCES = ("objectId", "mailNickname")
 TIMEOUT = 10
 
 
@@ -34,31 +38,44 @@ class CycleError(Exception):
     """A request of the cycle failed: what was sent and what came back."""
 
 
-def user_attributes(user: "User") -> dict:
-    """The default mappings, as SCIM attribute paths: userName = UPN, externalId = object id, and so on."""
+def user_attributes(user: "User", external_id: str = "objectId") -> dict:
+    """The default mappings, as SCIM attribute paths: userName = UPN, externalId, mail, names, phones..."""
     p = user.profile
     attributes = {
         "userName": user.upn,
-        "externalId": user.oid,
+        "externalId": user.oid if external_id == "objectId" else user.upn.split("@")[0],
         "displayName": p.get("displayName"),
         "title": p.get("jobTitle"),
         'emails[type eq "work"].value': user.mail,
         "name.givenName": p.get("givenName"),
         "name.familyName": p.get("surname"),
+        'phoneNumbers[type eq "work"].value': (p.get("businessPhones") or [None])[0],
+        'phoneNumbers[type eq "mobile"].value': p.get("mobilePhone"),
+        'addresses[type eq "work"].streetAddress': p.get("streetAddress"),
+        'addresses[type eq "work"].postalCode': p.get("postalCode"),
         f"{ENTERPRISE_SCHEMA}:department": p.get("department"),
         f"{ENTERPRISE_SCHEMA}:employeeNumber": p.get("employeeId"),
     }
     return {path: value for path, value in attributes.items() if value}
 
 
-def user_resource(user: "User") -> dict:
+def user_resource(user: "User", external_id: str = "objectId") -> dict:
     """The body of Entra's POST /Users (here `active` is a JSON boolean; only PATCH sends strings)."""
-    a = user_attributes(user)
-    body = {"schemas": [USER_SCHEMA, ENTERPRISE_SCHEMA], "externalId": user.oid, "userName": user.upn,
+    a = user_attributes(user, external_id)
+    body = {"schemas": [USER_SCHEMA, ENTERPRISE_SCHEMA], "externalId": a["externalId"], "userName": user.upn,
             "active": True, "displayName": a.get("displayName"), "title": a.get("title"),
             "meta": {"resourceType": "User"}}
-    if user.mail:
-        body["emails"] = [{"primary": True, "type": "work", "value": user.mail}]
+    for attribute, sub in (("emails", "value"), ("phoneNumbers", "value")):
+        entries = [{"type": kind, sub: a[f'{attribute}[type eq "{kind}"].{sub}']}
+                   for kind in ("work", "mobile") if f'{attribute}[type eq "{kind}"].{sub}' in a]
+        if entries:
+            body[attribute] = entries
+    address = {k: a[f'addresses[type eq "work"].{k}'] for k in ("streetAddress", "postalCode")
+               if f'addresses[type eq "work"].{k}' in a}
+    if address:
+        body["addresses"] = [{"type": "work", **address}]
+    if "emails" in body:
+        body["emails"][0]["primary"] = True
     name = {k: a[f"name.{k}"] for k in ("givenName", "familyName") if f"name.{k}" in a}
     if name:
         body["name"] = {"formatted": " ".join(name.values()), **name}
@@ -71,8 +88,11 @@ def user_resource(user: "User") -> dict:
 
 def read_attribute(resource: dict, path: str):
     """The value at one of user_attributes' paths in a resource the app returned (None when absent)."""
-    if path == 'emails[type eq "work"].value':
-        return next((e.get("value") for e in resource.get("emails") or [] if e.get("type") == "work"), None)
+    filtered = re.fullmatch(r'(\w+)\[type eq "(\w+)"\]\.(\w+)', path)
+    if filtered:
+        attribute, kind, sub = filtered.groups()
+        entries = resource.get(attribute) or []
+        return next((e.get(sub) for e in entries if isinstance(e, dict) and e.get("type") == kind), None)
     if path.startswith(ENTERPRISE_SCHEMA + ":"):
         return (resource.get(ENTERPRISE_SCHEMA) or {}).get(path[len(ENTERPRISE_SCHEMA) + 1:])
     node = resource
@@ -100,6 +120,7 @@ class Cycle:
         self.base = (config["tenant_url"] or "").rstrip("/")
         self.token = config["token"] or ""
         self.scope = config["scope"] or "assigned"
+        self.external_id = config["external_id"] or "objectId"
         self.summary = {"started": _now(emu), "users": {"created": 0, "updated": 0, "disabled": 0, "deleted": 0,
                                                        "unchanged": 0},
                         "groups": {"created": 0, "updated": 0, "deleted": 0, "unchanged": 0},
@@ -191,14 +212,16 @@ class Cycle:
             return
         existing = self._find("Users", "userName", user.upn)
         if existing is None:
-            created = self._json(self._send("POST", "/Users", user_resource(user)), "POST /Users")
+            created = self._json(self._send("POST", "/Users", user_resource(user, self.external_id)), "POST /Users")
             if not created.get("id"):
                 raise CycleError("POST /Users: the answer has no id")
             self.emu.store.set_provisioned(self.tenant.tid, "user", user.oid, str(created["id"]))
             self.summary["users"]["created"] += 1
             return
-        operations = [{"op": "Replace", "path": path, "value": value}
-                      for path, value in user_attributes(user).items()
+        # Entra adds what the app does not have yet and replaces what differs.
+        operations = [{"op": "Add" if read_attribute(existing, path) is None else "Replace", "path": path,
+                       "value": value}
+                      for path, value in user_attributes(user, self.external_id).items()
                       if read_attribute(existing, path) != value]
         if not is_active(existing):
             operations.append({"op": "Replace", "path": "active", "value": "True"})

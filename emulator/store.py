@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS tenant_settings (
 CREATE TABLE IF NOT EXISTS user_states (oid TEXT PRIMARY KEY, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS group_members (gid TEXT PRIMARY KEY, members TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS provisioning (
-    tid TEXT PRIMARY KEY, tenant_url TEXT, token TEXT, scope TEXT, last_cycle TEXT);
+    tid TEXT PRIMARY KEY, tenant_url TEXT, token TEXT, scope TEXT, external_id TEXT, last_cycle TEXT);
 CREATE TABLE IF NOT EXISTS provisioned (
     tid TEXT NOT NULL, kind TEXT NOT NULL, oid TEXT NOT NULL, scim_id TEXT NOT NULL, members TEXT,
     PRIMARY KEY (tid, kind, oid));
@@ -203,15 +203,16 @@ class Store:
 
     # -- provisioning: credentials, last cycle, what was provisioned --------------
     def provisioning(self, tid: str) -> dict:
-        rows = self.query("SELECT tenant_url, token, scope, last_cycle FROM provisioning WHERE tid=?", (tid,))
+        rows = self.query("SELECT tenant_url, token, scope, external_id, last_cycle FROM provisioning WHERE tid=?",
+                          (tid,))
         if not rows:
-            return {"tenant_url": None, "token": None, "scope": None, "last_cycle": None}
+            return {"tenant_url": None, "token": None, "scope": None, "external_id": None, "last_cycle": None}
         row = dict(rows[0])
         row["last_cycle"] = json.loads(row["last_cycle"]) if row["last_cycle"] else None
         return row
 
     def update_provisioning(self, tid: str, **changes) -> None:
-        """Set the given fields (tenant_url, token, scope, last_cycle); None leaves a field as it is."""
+        """Set the given fields (tenant_url, token, scope, external_id, last_cycle); None leaves a field as it is."""
         with self.tx() as db:
             db.execute("INSERT OR IGNORE INTO provisioning (tid) VALUES (?)", (tid,))
             for column, value in changes.items():

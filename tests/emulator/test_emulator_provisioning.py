@@ -114,7 +114,9 @@ def test_first_cycle_looks_up_then_creates_users_and_groups(emu, scim):
     assert posted["userName"] == "lena.fischer@northwind.example" and posted["externalId"] == LENA
     assert posted["active"] is True and posted["emails"] == [
         {"primary": True, "type": "work", "value": "lena.fischer@northwind.example"}]
-    assert posted["name"]["givenName"] == "Lena" and posted["name"]["familyName"] == "Fischer"
+    assert posted["name"] == {"formatted": "Lena Fischer", "givenName": "Lena", "familyName": "Fischer"}
+    assert posted["phoneNumbers"] == [{"type": "work", "value": "+1 555 0102"}, {"type": "mobile", "value": "+1 555 0112"}]
+    assert posted["addresses"] == [{"type": "work", "streetAddress": "12 Harbour Road", "postalCode": "98101"}]
     assert posted["title"] == "Sales Manager"
     assert posted["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"] == {"department": "Sales"}
     assert scim.requests[3]["headers"]["Content-Type"] == "application/scim+json"
@@ -270,3 +272,17 @@ def test_disabled_user_cannot_sign_in_and_deleted_one_is_not_found(emu, browser)
     page = browser.get(authorize_path("organizations", challenge))
     again = submit(browser, page, username="omar.haddad@northwind.example")
     assert again.status_code == 200 and "Choose an account to sign in." in again.get_data(as_text=True)
+
+
+def test_attributes_the_app_lacks_are_added_and_external_id_can_come_from_mail_nickname(emu, scim):
+    emu.set_tenant(NW, assigned=[OMAR])
+    emu.configure_provisioning(NW, external_id="mailNickname")
+    emu.provision(NW)
+    assert scim.requests[1]["body"]["externalId"] == "omar.haddad"
+    emu.directory.user_by_oid(OMAR).profile["mobilePhone"] = "+1 555 0113"  # Omar had none
+    scim.requests.clear()
+    emu.provision(NW)
+    assert scim.requests[-1]["body"]["Operations"] == [
+        {"op": "Add", "path": 'phoneNumbers[type eq "mobile"].value', "value": "+1 555 0113"}]
+    assert [(p.type, p.value) for p in scim.user("omar.haddad@northwind.example").phone_numbers] == [
+        ("work", "+1 555 0103"), ("mobile", "+1 555 0113")]
