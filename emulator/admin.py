@@ -48,8 +48,8 @@ def _save(tenant) -> str | None:
         return "Choose the source of externalId."
     emu.configure_provisioning(tenant.tid, tenant_url=url or None, token=form.get("token") or None, scope=scope,
                                external_id=external_id)
-    if form.get("action") == "provision" and "assigned" not in form and "state" not in form:
-        return None  # the button alone: keep the directory as it is
+    if not any(key.startswith("state-") for key in form):
+        return None  # a form without the directory's part (the page always sends it): keep the directory
     ids = {u.oid for u in tenant.users} | {g.gid for g in tenant.groups}
     emu.set_tenant(tenant.tid, assigned=[i for i in form.getlist("assigned") if i in ids])
     for user in tenant.users:

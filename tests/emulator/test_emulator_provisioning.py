@@ -286,3 +286,16 @@ def test_attributes_the_app_lacks_are_added_and_external_id_can_come_from_mail_n
         {"op": "Add", "path": 'phoneNumbers[type eq "mobile"].value', "value": "+1 555 0113"}]
     assert [(p.type, p.value) for p in scim.user("omar.haddad@northwind.example").phone_numbers] == [
         ("work", "+1 555 0103"), ("mobile", "+1 555 0113")]
+
+
+def test_unticking_every_assignment_on_the_page_disables_the_provisioned_users(emu, scim, browser):
+    emu.set_tenant(NW, assigned=[LENA])
+    emu.provision(NW)
+    page = browser.get(f"/_entra/{NW}/provisioning")
+    action, fields = form_of(page)
+    # What a browser sends with no box ticked: the selects and the groups' markers, no "assigned".
+    fields.update({f"state-{oid}": "enabled" for oid in (ADMIN, LENA, OMAR, JUN)}, action="provision")
+    fields.update({f"members-{ADMINS}": [ADMIN], f"members-{SALES}": [LENA, OMAR]})
+    browser.post(action, data=fields)
+    assert emu.tenant_settings(NW)["assigned"] == []
+    assert scim.user("lena.fischer@northwind.example").active is False
