@@ -40,7 +40,9 @@ class Emulator:
         self.clients = {
             cid: {"secret": c["secret"], "redirect_uris": list(c.get("redirect_uris", [])),
                   "name": c.get("name") or cid,
-                  "app_roles": list(c.get("app_roles", DEFAULT_APP_ROLES))}
+                  "app_roles": list(c.get("app_roles", DEFAULT_APP_ROLES)),
+                  # The app registration's Front-channel logout URL: the sign-out page frames it (sid, iss).
+                  "front_channel_logout_url": c.get("front_channel_logout_url")}
             for cid, c in clients.items()}
         self.directory: Directory = build_directory()
         self.requests: list[tuple] = []

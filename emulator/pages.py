@@ -257,6 +257,9 @@ def _issue_code(pending: dict, user: "User"):
         "scopes": pending["scopes"], "oid": user.oid, "tid": user.tid,
         "sid": session.setdefault("sid", tokens.new_guid()),
     }, emu.now() + CODE_LIFETIME)
+    # The apps of this Microsoft session, with their tenant: sign-out loads their front-channel logout URLs.
+    apps = [a for a in session.get("apps", []) if a != [pending["client_id"], user.tid]]
+    session["apps"] = [*apps, [pending["client_id"], user.tid]][-8:]
     _drop_pending(pending)
     return redirect(_with_query(pending["redirect_uri"], {
         "code": code, "state": pending.get("state"), "session_state": session["sid"]}), 302)
