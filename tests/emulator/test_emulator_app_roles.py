@@ -1,7 +1,12 @@
 """App roles: assignments to users and groups per tenant, and the `roles` claim of the ID token."""
-import pytest
+import re
 
-from emulator_flows import tokens_for, verify_id_token
+import pytest
+from werkzeug.exceptions import NotFound
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.test import Client
+
+from emulator_flows import CLIENT_ID, NW, tokens_for, verify_id_token
 
 
 def roles(http, browser, upn):
@@ -42,3 +47,52 @@ def test_unknown_role_or_principal_is_refused(emu):
         emu.assign_app_role("lena.fischer@northwind.example", "Portal.Owner")
     with pytest.raises(KeyError):
         emu.assign_app_role("nobody@northwind.example")
+
+
+PAGE = f"/_entra/{NW}/enterprise-applications/{CLIENT_ID}/users-and-groups"
+LENA_OID = "1b7e2d63-8d2f-4e1c-8b68-4f3a2c9d5e02"
+
+
+def _post(browser, page, **fields):
+    action = re.search(r'<form method="post" action="([^"]+)"', page.get_data(as_text=True)).group(1)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True)).group(1)
+    return browser.post(action, data={"csrf_token": token, **fields})
+
+
+def test_an_admin_assigns_and_removes_a_role_on_the_users_and_groups_page(emu, http, browser):
+    page = browser.get(PAGE)
+    assert "Sign in as an administrator" in page.get_data(as_text=True)
+    assert _post(browser, page, step="signin", username="admin@northwind.example").status_code == 303
+    page = browser.get(PAGE)
+    html = page.get_data(as_text=True)
+    assert "Users and groups" in html and "Lena Fischer" in html and "Operations" in html
+    assert "fabrikam" not in html.lower() and "<script" not in html
+    assert _post(browser, page, principal=LENA_OID, role="Portal.Admin", assign="yes").status_code == 303
+    assert 'aria-label="Remove Portal.Admin from Lena Fischer"' in browser.get(PAGE).get_data(as_text=True)
+    lena = Client(DispatcherMiddleware(NotFound(), {"/_entra": emu.wsgi}))  # her own browser
+    assert roles(http, lena, "lena.fischer@northwind.example") == ["Portal.Admin"]
+    _post(browser, browser.get(PAGE), principal=LENA_OID, role="Portal.Admin", assign="no")
+    assert roles(http, lena, "lena.fischer@northwind.example") is None
+
+
+def test_only_an_admin_of_the_tenant_may_assign(emu, browser):
+    page = browser.get(PAGE)
+    _post(browser, page, step="signin", username="lena.fischer@northwind.example")  # a member: refused
+    page = browser.get(PAGE)
+    assert "Sign in as an administrator" in page.get_data(as_text=True)
+    _post(browser, page, principal=LENA_OID, role="Portal.Admin", assign="yes")
+    _post(browser, page, step="signin", username="admin@fabrikam.example")  # another tenant's admin: refused
+    _post(browser, browser.get(PAGE), principal=LENA_OID, role="Portal.Admin", assign="yes")
+    assert emu.store.app_role_assignments(NW, CLIENT_ID) == []
+
+
+def test_the_page_refuses_forged_or_foreign_input(emu, browser):
+    page = browser.get(PAGE)
+    _post(browser, page, step="signin", username="admin@northwind.example")
+    page = browser.get(PAGE)
+    assert browser.post(PAGE, data={"principal": LENA_OID, "role": "Portal.Admin", "assign": "yes"}).status_code == 400
+    fabrikam_member = "5fbc6ba7-c16d-4c5a-8fac-8d7e6adb9c06"
+    assert _post(browser, page, principal=fabrikam_member, role="Portal.Admin", assign="yes").status_code == 400
+    assert _post(browser, page, principal=LENA_OID, role="Portal.Owner", assign="yes").status_code == 400
+    assert emu.store.app_role_assignments(NW, CLIENT_ID) == []
+    assert browser.get(f"/_entra/{NW}/enterprise-applications/nope/users-and-groups").status_code == 404
