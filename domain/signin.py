@@ -105,13 +105,17 @@ def front_channel_logout(sid: str | None, iss: str | None) -> int:
     """Microsoft signed the user out: end the portal sessions of that Microsoft session (`sid`), only of the
     issuer's tenant when `iss` is given. An unknown or missing `sid`, or a foreign `iss`, changes nothing."""
     if not sid or len(sid) > 256:
+        log.info("Front-channel logout without a usable sid: nothing ended")
         return 0
     tenant_id = None
     if iss is not None:
         tenant_id = entra.client().tenant_of_issuer(iss)
         if tenant_id is None:
+            log.warning("Front-channel logout with an issuer not of the authority (%r): nothing ended", iss[:200])
             return 0
-    return end_sessions_for_entra_sid(sid, tenant_id)
+    ended = end_sessions_for_entra_sid(sid, tenant_id)
+    log.info("Front-channel logout ended %d session(s)", ended)
+    return ended
 
 
 def _user_by_identity(tid: str, oid: str) -> User | None:
