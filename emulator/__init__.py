@@ -21,6 +21,9 @@ from .transport import GRAPH_HOST, LOGIN_HOST, EmulatorAdapter
 
 __all__ = ["Emulator", "Directory", "Group", "Tenant", "User"]
 
+# The app roles an app registration defines when its client entry names none: the portal's admin role.
+DEFAULT_APP_ROLES = ("Portal.Admin",)
+
 
 class Emulator:
     """One emulated Entra ID + Graph, with its state in `instance_path`."""
@@ -37,7 +40,10 @@ class Emulator:
         self.graph_url = graph_url.rstrip("/")
         self.clients = {
             cid: {"secret": c["secret"], "redirect_uris": list(c.get("redirect_uris", [])),
-                  "name": c.get("name") or cid}
+                  "name": c.get("name") or cid,
+                  "app_roles": list(c.get("app_roles", DEFAULT_APP_ROLES)),
+                  # The app registration's Front-channel logout URL: the sign-out page frames it (sid, iss).
+                  "front_channel_logout_url": c.get("front_channel_logout_url")}
             for cid, c in clients.items()}
         self.directory: Directory = build_directory()
         self.requests: list[tuple] = []
@@ -105,6 +111,45 @@ class Emulator:
         tenant = self.directory.tenant(tid)
         return self.store.has_admin_consent(tenant.tid if tenant else tid, client_id)
 
+    def _principal(self, principal: str) -> tuple[str, str, str]:
+        """(tid, principal id, kind) for a user (UPN or oid) or a group (id or name, `tenant` domain or GUID
+        after a slash when names repeat: "Sales team/northwind.example")."""
+        user = self.directory.user_by_upn(principal) or self.directory.user_by_oid(principal)
+        if user is not None:
+            return user.tid, user.oid, "user"
+        name, _, tenant = principal.partition("/")
+        for t in ([self.directory.tenant(tenant)] if tenant else self.directory.tenants):
+            group = t and self.directory.group(t.tid, name)
+            if group:
+                return t.tid, group.id, "group"
+        raise KeyError(f"no user or group {principal!r} in the directory")
+
+    def _client_role(self, client_id: str | None, role: str) -> str:
+        if client_id is None:
+            if len(self.clients) != 1:
+                raise ValueError("several apps are registered: name the client_id")
+            client_id = next(iter(self.clients))
+        if role not in self.clients[client_id]["app_roles"]:
+            raise ValueError(f"app {client_id!r} defines no app role {role!r}")
+        return client_id
+
+    def assign_app_role(self, principal: str, role: str = "Portal.Admin", *, client_id: str | None = None,
+                        assigned: bool = True) -> None:
+        """Assign an app role to a user or a group in its tenant (Enterprise applications -> Users and groups)."""
+        client_id = self._client_role(client_id, role)
+        tid, principal_id, _ = self._principal(principal)
+        self.store.set_app_role_assignment(tid, client_id, principal_id, role, assigned)
+
+    def unassign_app_role(self, principal: str, role: str = "Portal.Admin", *,
+                          client_id: str | None = None) -> None:
+        self.assign_app_role(principal, role, client_id=client_id, assigned=False)
+
+    def roles_of(self, user: User, client_id: str) -> list[str]:
+        """The app-role values the user holds in the app, directly or through a group (the `roles` claim)."""
+        ids = {user.oid} | {g.id for g in self.groups_of(user)}
+        defined = self.clients.get(client_id, {}).get("app_roles", [])
+        held = {role for pid, role in self.store.app_role_assignments(user.tid, client_id) if pid in ids}
+        return [role for role in defined if role in held]
     # -- the directory's changes and the provisioning service ------------------------
     def user_state(self, oid: str) -> str:
         """"enabled", "disabled" (account disabled) or "deleted" (hard-deleted)."""
@@ -117,23 +162,32 @@ class Emulator:
             raise ValueError(f"state must be one of {USER_STATES}")
         self.store.set_user_state(oid, state)
 
+    def assigned_ids(self, tid: str) -> set[str]:
+        """Users and groups assigned to the app: the `assigned` switch and every app-role assignment."""
+        ids = set(self.tenant_settings(tid)["assigned"])
+        for client_id in self.clients:
+            ids |= {pid for pid, _ in self.store.app_role_assignments(tid, client_id)}
+        return ids
+
     def is_assigned(self, user: User) -> bool:
         """True when the app is assigned to the user, directly or through one of their groups."""
-        assigned = set(self.tenant_settings(user.tid)["assigned"])
-        tenant = self.directory.tenant(user.tid)
-        return user.oid in assigned or any(
-            g.gid in assigned and user.oid in self.group_members(g) for g in tenant.groups)
+        ids = self.assigned_ids(user.tid)
+        return user.oid in ids or any(g.id in ids for g in self.groups_of(user))
 
     def group_members(self, group: Group) -> list[str]:
         """The group's member oids: the directory's, unless changed with set_group_members."""
-        stored = self.store.group_members(group.gid)
+        stored = self.store.group_members(group.id)
         return list(group.members) if stored is None else stored
 
+    def groups_of(self, user: User) -> list[Group]:
+        """The user's groups, with the members as changed by set_group_members."""
+        tenant = self.directory.tenant(user.tid)
+        return [g for g in (tenant.groups if tenant else []) if user.oid in self.group_members(g)]
+
     def set_group_members(self, gid: str, oids: list[str]) -> None:
-        group = self.directory.group_by_id(gid)
-        if group is None:
+        tenant = next((t for t in self.directory.tenants if any(g.id == gid for g in t.groups)), None)
+        if tenant is None:
             raise KeyError(f"unknown group {gid!r}")
-        tenant = self.directory.tenant(group.tid)
         if not set(oids) <= {u.oid for u in tenant.users}:
             raise ValueError("members must be users of the group's tenant")
         self.store.set_group_members(gid, list(oids))

@@ -1,4 +1,4 @@
-"""The emulator's demo directory: two fictional tenants with users, photos and groups."""
+"""The emulator's demo directory: two fictional tenants with users and photos."""
 from __future__ import annotations
 
 import hashlib
@@ -31,10 +31,9 @@ class User:
 
 @dataclass
 class Group:
-    """A security group; `members` lists user oids (the emulator's store may override them)."""
+    """A security group; `members` lists user oids (no nesting)."""
 
-    gid: str
-    tid: str
+    id: str
     name: str
     members: list[str] = field(default_factory=list)
 
@@ -82,8 +81,15 @@ class Directory:
     def user_by_oid(self, oid: str) -> User | None:
         return next((u for u in self.users if u.oid == oid), None)
 
-    def group_by_id(self, gid: str) -> Group | None:
-        return next((g for t in self.tenants for g in t.groups if g.gid == gid), None)
+    def group(self, tid: str, id_or_name: str) -> Group | None:
+        """A group of the tenant by id or display name (case-insensitive)."""
+        tenant = self.tenant(tid)
+        key = (id_or_name or "").strip().lower()
+        return next((g for g in (tenant.groups if tenant else []) if key in (g.id, g.name.lower())), None)
+
+    def groups_of(self, user: User) -> list[Group]:
+        tenant = self.tenant(user.tid)
+        return [g for g in (tenant.groups if tenant else []) if user.oid in g.members]
 
     def email_domain_verified(self, user: User) -> bool:
         """True when the user's mail is in one of its tenant's verified domains (xms_edov)."""
@@ -166,12 +172,11 @@ def build_directory() -> Directory:
         _user(nw, "3d9a4f85-af4b-4a3e-8d8a-6b5c4ebf7a04", "jun.park@northwind.example", "member",
               "Jun", "Park", "External Consultant", "Northwind Traders", "Finance", nw_addr,
               mail="jun.park@partners.example", phone="+1 555 0104", language="ko-KR"),
+    ], groups=[
+        Group("8a1b2c3d-0e1f-4a2b-9c3d-4e5f6a7b8c01", "Sales team", ["1b7e2d63-8d2f-4e1c-8b68-4f3a2c9d5e02"]),
+        Group("8a1b2c3d-0e1f-4a2b-9c3d-4e5f6a7b8c02", "Operations",
+              ["2c8f3e74-9e3a-4f2d-9c79-5a4b3dae6f03", "3d9a4f85-af4b-4a3e-8d8a-6b5c4ebf7a04"]),
     ])
-    northwind.groups = [
-        Group("8a1f2b3c-0d4e-4f5a-8b6c-7d8e9f0a1b10", nw, "Portal Admins", [northwind.users[0].oid]),
-        Group("9b2a3c4d-1e5f-4a6b-9c7d-8e9fa0b1c211", nw, "Sales and Operations",
-              [northwind.users[1].oid, northwind.users[2].oid]),
-    ]
     fabrikam = Tenant(fb, "Fabrikam Research", ["fabrikam.example", "fabrikamresearch.example"],
                       region="EU", users=[
         _user(fb, "4eab5a96-b05c-4b4f-9e9b-7c6d5fca8b05", "admin@fabrikam.example", "admin",
@@ -189,10 +194,8 @@ def build_directory() -> Directory:
               "Priya", "Nair", "Data Analyst", "Fabrikam Research", "Analytics", fb_addr,
               mail="priya.nair@fabrikamresearch.example", phone="+49 89 5550 103",
               mobile="+49 151 5550 103", office="Lab 2.03"),
+    ], groups=[
+        Group("9b2c3d4e-1f2a-4b3c-8d4e-5f6a7b8c9d01", "Materials lab",
+              ["5fbc6ba7-c16d-4c5a-8fac-8d7e6adb9c06", "60cd7cb8-d27e-4d6b-9abd-9e8f7bec0d07"]),
     ])
-    fabrikam.groups = [
-        Group("ac3b4d5e-2f6a-4b7c-8d8e-9fa0b1c2d312", fb, "Portal Admins", [fabrikam.users[0].oid]),
-        Group("bd4c5e6f-3a7b-4c8d-9e9f-a0b1c2d3e413", fb, "Researchers",
-              [fabrikam.users[1].oid, fabrikam.users[2].oid, fabrikam.users[3].oid]),
-    ]
     return Directory([northwind, fabrikam])

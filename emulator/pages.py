@@ -155,7 +155,7 @@ def _handle_post(kind: str, segment: str):
             return _start(kind, segment, request.form)  # a POSTed authorize request
         return _error_page(900144, "The request body must contain the following parameter: "
                                    "'pending'.")
-    if not csrf_ok():
+    if not _csrf_ok():
         return _error_page(90015, "The request could not be verified (CSRF token missing or "
                                   "invalid). Go back to the application and start again.")
     pending = session.get("pending", {}).get(request.form["pending"])
@@ -261,6 +261,9 @@ def _issue_code(pending: dict, user: "User"):
         "scopes": pending["scopes"], "oid": user.oid, "tid": user.tid,
         "sid": session.setdefault("sid", tokens.new_guid()),
     }, emu.now() + CODE_LIFETIME)
+    # The apps of this Microsoft session, with their tenant: sign-out loads their front-channel logout URLs.
+    apps = [a for a in session.get("apps", []) if a != [pending["client_id"], user.tid]]
+    session["apps"] = [*apps, [pending["client_id"], user.tid]][-8:]
     _drop_pending(pending)
     return redirect(_with_query(pending["redirect_uri"], {
         "code": code, "state": pending.get("state"), "session_state": session["sid"]}), 302)
@@ -311,7 +314,7 @@ def csrf_token() -> str:
     return session["csrf"]
 
 
-def csrf_ok() -> bool:
+def _csrf_ok() -> bool:
     sent = request.form.get("csrf_token", "")
     return bool(sent) and hmac.compare_digest(sent, session.get("csrf", ""))
 

@@ -177,15 +177,14 @@ class Cycle:
             self.summary["errors"].append(str(e))
 
     def _groups_in_scope(self) -> list["Group"]:
-        assigned = set(self.emu.tenant_settings(self.tenant.tid)["assigned"])
-        return [g for g in self.tenant.groups
-                if self.scope == "all" or g.gid in assigned]
+        assigned = self.emu.assigned_ids(self.tenant.tid)
+        return [g for g in self.tenant.groups if self.scope == "all" or g.id in assigned]
 
     def _users_in_scope(self) -> set[str]:
-        """Oids in scope: every user, or those assigned directly or through an assigned group."""
+        """Oids in scope: every user, or those assigned (or holding an app role) directly or through a group."""
         if self.scope == "all":
             return {u.oid for u in self.tenant.users}
-        assigned = set(self.emu.tenant_settings(self.tenant.tid)["assigned"])
+        assigned = self.emu.assigned_ids(self.tenant.tid)
         for group in self._groups_in_scope():
             assigned |= set(self.emu.group_members(group))
         return {u.oid for u in self.tenant.users if u.oid in assigned}
@@ -233,11 +232,11 @@ class Cycle:
             self.summary["users"]["unchanged"] += 1
 
     def _sync_group(self, group: "Group") -> None:
-        known = self.emu.store.provisioned(self.tenant.tid, "group").get(group.gid)
+        known = self.emu.store.provisioned(self.tenant.tid, "group").get(group.id)
         if group not in self._groups_in_scope():
             if known:
                 self._send("DELETE", f"/Groups/{known['scim_id']}")
-                self.emu.store.set_provisioned(self.tenant.tid, "group", group.gid, None)
+                self.emu.store.set_provisioned(self.tenant.tid, "group", group.id, None)
                 self.summary["groups"]["deleted"] += 1
             return
         # Members the app can know: provisioned users still in scope and enabled.
@@ -248,7 +247,7 @@ class Cycle:
         existing = self._find("Groups", "displayName", group.name, "&excludedAttributes=members")
         if existing is None:
             created = self._json(self._send("POST", "/Groups", {
-                "schemas": [GROUP_SCHEMA], "externalId": group.gid, "displayName": group.name,
+                "schemas": [GROUP_SCHEMA], "externalId": group.id, "displayName": group.name,
                 "members": [], "meta": {"resourceType": "Group"}}), "POST /Groups")
             if not created.get("id"):
                 raise CycleError("POST /Groups: the answer has no id")
@@ -272,7 +271,7 @@ class Cycle:
                 self.summary["groups"]["updated"] += 1
         elif existing is not None:
             self.summary["groups"]["unchanged"] += 1
-        self.emu.store.set_provisioned(self.tenant.tid, "group", group.gid, scim_id, sorted(wanted))
+        self.emu.store.set_provisioned(self.tenant.tid, "group", group.id, scim_id, sorted(wanted))
 
 
 def _scim_error(response: requests.Response) -> str:

@@ -10,13 +10,15 @@ from flask import Flask, jsonify, request
 from scim2_models import (Context, EnterpriseUser, Group, ListResponse, PatchOp, ScimFilter, ScimPolicy, User)
 
 from emulator.transport import WSGIAdapter
-from emulator_flows import NW, authorize_path, form_of, pkce, sign_in, submit
+from emulator_flows import CLIENT_ID, NW, authorize_path, form_of, pkce, sign_in, submit
 
 TENANT_URL = "https://scim.test/scim/v2"
 TOKEN = "s3cret-token-for-tests"
 ADMIN, LENA, OMAR, JUN = ("0a6d1c52-7c1e-4d0b-9a57-3e2f1b8c4d01", "1b7e2d63-8d2f-4e1c-8b68-4f3a2c9d5e02",
                           "2c8f3e74-9e3a-4f2d-9c79-5a4b3dae6f03", "3d9a4f85-af4b-4a3e-8d8a-6b5c4ebf7a04")
-ADMINS, SALES = "8a1f2b3c-0d4e-4f5a-8b6c-7d8e9f0a1b10", "9b2a3c4d-1e5f-4a6b-9c7d-8e9fa0b1c211"
+# The directory's Northwind groups: Sales team (Lena), Operations (Omar, Jun).
+SALES, OPERATIONS = "8a1b2c3d-0e1f-4a2b-9c3d-4e5f6a7b8c01", "8a1b2c3d-0e1f-4a2b-9c3d-4e5f6a7b8c02"
+PAGE = f"/_entra/{NW}/enterprise-applications/{CLIENT_ID}/provisioning"
 EntraUser = User[EnterpriseUser]
 # What the portal's endpoint will need for Entra's default PATCHes (docs/scim.md).
 ENTRA_POLICY = ScimPolicy(remove_value_as_filter=ScimPolicy.RemoveValue.apply,
@@ -97,7 +99,7 @@ def scim(emu):
 
 
 def test_first_cycle_looks_up_then_creates_users_and_groups(emu, scim):
-    emu.set_tenant(NW, assigned=[LENA, ADMINS])
+    emu.set_tenant(NW, assigned=[ADMIN, SALES])  # Lena through the Sales team
     summary = emu.provision(NW)
 
     assert summary["errors"] == []
@@ -105,7 +107,7 @@ def test_first_cycle_looks_up_then_creates_users_and_groups(emu, scim):
     assert scim.calls() == [
         'GET /Users?filter=userName eq "admin@northwind.example"', "POST /Users",
         'GET /Users?filter=userName eq "lena.fischer@northwind.example"', "POST /Users",
-        'GET /Groups?filter=displayName eq "Portal Admins"&excludedAttributes=members', "POST /Groups",
+        'GET /Groups?filter=displayName eq "Sales team"&excludedAttributes=members', "POST /Groups",
         f"PATCH /Groups/{next(iter(scim.groups))}"]
     for r in scim.requests:
         assert r["headers"]["Authorization"] == f"Bearer {TOKEN}"
@@ -121,14 +123,15 @@ def test_first_cycle_looks_up_then_creates_users_and_groups(emu, scim):
     assert posted["urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"] == {"department": "Sales"}
     assert scim.requests[3]["headers"]["Content-Type"] == "application/scim+json"
     group = scim.requests[5]["body"]
-    assert group["displayName"] == "Portal Admins" and group["externalId"] == ADMINS and group["members"] == []
+    assert group["displayName"] == "Sales team" and group["externalId"] == SALES and group["members"] == []
+    lena = scim.user("lena.fischer@northwind.example").id
     add = scim.requests[6]["body"]["Operations"]
-    assert add == [{"op": "Add", "path": "members", "value": [{"value": scim.user("admin@northwind.example").id}]}]
-    assert [m.value for m in next(iter(scim.groups.values())).members] == [scim.user("admin@northwind.example").id]
+    assert add == [{"op": "Add", "path": "members", "value": [{"value": lena}]}]
+    assert [m.value for m in next(iter(scim.groups.values())).members] == [lena]
 
 
 def test_second_cycle_without_changes_only_looks_up(emu, scim):
-    emu.set_tenant(NW, assigned=[LENA, ADMINS])
+    emu.set_tenant(NW, assigned=[ADMIN, SALES])
     emu.provision(NW)
     scim.requests.clear()
     summary = emu.provision(NW)
@@ -179,10 +182,10 @@ def test_disabled_and_unassigned_users_are_patched_active_false_as_a_string(emu,
 
 
 def test_hard_deleted_user_is_deleted_and_leaves_the_group(emu, scim):
-    emu.set_tenant(NW, assigned=[SALES])
+    emu.set_tenant(NW, assigned=[OPERATIONS])
     emu.provision(NW)
-    sales = next(iter(scim.groups.values()))
-    assert len(sales.members) == 2
+    operations = next(iter(scim.groups.values()))
+    assert len(operations.members) == 2
     omar = scim.user("omar.haddad@northwind.example").id
     emu.set_user_state(OMAR, "deleted")
     scim.requests.clear()
@@ -192,18 +195,30 @@ def test_hard_deleted_user_is_deleted_and_leaves_the_group(emu, scim):
     removal = scim.requests[-1]
     assert removal["method"] == "PATCH" and removal["body"]["Operations"] == [
         {"op": "Remove", "path": "members", "value": [{"value": omar}]}]
-    assert [m.value for m in sales.members] == [scim.user("lena.fischer@northwind.example").id]
+    assert [m.value for m in operations.members] == [scim.user("jun.park@northwind.example").id]
 
 
 def test_group_membership_change_adds_and_removes(emu, scim):
-    emu.set_tenant(NW, assigned=[ADMINS, LENA])
+    emu.set_tenant(NW, assigned=[SALES, ADMIN])
     emu.provision(NW)
-    emu.set_group_members(ADMINS, [LENA])
+    emu.set_group_members(SALES, [ADMIN])
     scim.requests.clear()
     emu.provision(NW)
     ops = scim.requests[-1]["body"]["Operations"]
-    assert ops == [{"op": "Add", "path": "members", "value": [{"value": scim.user("lena.fischer@northwind.example").id}]},
-                   {"op": "Remove", "path": "members", "value": [{"value": scim.user("admin@northwind.example").id}]}]
+    assert ops == [{"op": "Add", "path": "members", "value": [{"value": scim.user("admin@northwind.example").id}]},
+                   {"op": "Remove", "path": "members", "value": [{"value": scim.user("lena.fischer@northwind.example").id}]}]
+    assert scim.user("lena.fischer@northwind.example").active is False  # out of scope with the group
+
+
+def test_app_role_assignments_put_users_and_groups_in_scope(emu, scim):
+    emu.assign_app_role("lena.fischer@northwind.example")
+    emu.assign_app_role(OPERATIONS)
+    summary = emu.provision(NW)
+    assert {u.user_name for u in scim.users.values()} == {
+        "lena.fischer@northwind.example", "omar.haddad@northwind.example", "jun.park@northwind.example"}
+    assert summary["groups"]["created"] == 1 and [g.display_name for g in scim.groups.values()] == ["Operations"]
+    emu.unassign_app_role("lena.fischer@northwind.example")
+    assert emu.provision(NW)["users"]["disabled"] == 1
 
 
 def test_errors_are_counted_and_the_cycle_goes_on(emu, scim):
@@ -224,15 +239,29 @@ def test_unreachable_tenant_url_is_an_error_not_a_crash(emu, scim):
     assert summary["users"]["created"] == 0 and "ConnectionError" in summary["errors"][0]
 
 
+def _admin_page(browser):
+    """Sign in as the tenant's administrator on the page's own sign-in step, then open it."""
+    signin = browser.get(PAGE)
+    assert "Sign in as an administrator" in signin.get_data(as_text=True)
+    submit(browser, signin, username="admin@northwind.example")
+    return browser.get(PAGE)
+
+
+def test_provisioning_page_needs_a_tenant_admin(browser):
+    signin = browser.get(PAGE)
+    submit(browser, signin, username="lena.fischer@northwind.example")
+    assert "Sign in as an administrator" in browser.get(PAGE).get_data(as_text=True)
+
+
 def test_provisioning_page_saves_and_provisions_now(emu, scim, browser):
-    page = browser.get(f"/_entra/{NW}/provisioning")
+    page = _admin_page(browser)
     assert page.status_code == 200
     assert "Provision now" in page.get_data(as_text=True) and "No cycle has run yet" in page.get_data(as_text=True)
     action, fields = form_of(page)
     fields.update({"tenant_url": TENANT_URL, "token": TOKEN, "scope": "assigned", "action": "provision",
-                   "assigned": [LENA, ADMINS], f"state-{LENA}": "enabled",
+                   "assigned": [ADMIN, SALES], f"state-{LENA}": "enabled",
                    # the boxes a browser sends as they are checked: the directory's members
-                   f"members-{ADMINS}": [ADMIN], f"members-{SALES}": [LENA, OMAR]})
+                   f"members-{SALES}": [LENA], f"members-{OPERATIONS}": [OMAR, JUN]})
     done = browser.post(action, data=fields, follow_redirects=True)
     assert done.status_code == 200
     text = " ".join(done.get_data(as_text=True).split())
@@ -244,14 +273,14 @@ def test_provisioning_page_saves_and_provisions_now(emu, scim, browser):
 
 
 def test_provisioning_page_refuses_bad_input(emu, browser):
-    page = browser.get(f"/_entra/{NW}/provisioning")
+    page = _admin_page(browser)
     _, fields = form_of(page)
     fields.update({"tenant_url": "javascript:alert(1)", "action": "save"})
-    assert browser.post(f"/_entra/{NW}/provisioning", data=fields).status_code == 400
+    assert browser.post(PAGE, data=fields).status_code == 400
     assert emu.store.provisioning(NW)["tenant_url"] is None
     fields.pop("csrf_token")
-    assert browser.post(f"/_entra/{NW}/provisioning", data=fields).status_code == 400
-    assert browser.get("/_entra/not-a-tenant/provisioning").status_code == 404
+    assert browser.post(PAGE, data=fields).status_code == 400
+    assert browser.get(f"/_entra/not-a-tenant/enterprise-applications/{CLIENT_ID}/provisioning").status_code == 404
 
 
 def test_assignment_through_a_group_lets_members_sign_in(emu, browser):
@@ -291,11 +320,11 @@ def test_attributes_the_app_lacks_are_added_and_external_id_can_come_from_mail_n
 def test_unticking_every_assignment_on_the_page_disables_the_provisioned_users(emu, scim, browser):
     emu.set_tenant(NW, assigned=[LENA])
     emu.provision(NW)
-    page = browser.get(f"/_entra/{NW}/provisioning")
+    page = _admin_page(browser)
     action, fields = form_of(page)
     # What a browser sends with no box ticked: the selects and the groups' markers, no "assigned".
     fields.update({f"state-{oid}": "enabled" for oid in (ADMIN, LENA, OMAR, JUN)}, action="provision")
-    fields.update({f"members-{ADMINS}": [ADMIN], f"members-{SALES}": [LENA, OMAR]})
+    fields.update({f"members-{SALES}": [LENA], f"members-{OPERATIONS}": [OMAR, JUN]})
     browser.post(action, data=fields)
     assert emu.tenant_settings(NW)["assigned"] == []
     assert scim.user("lena.fischer@northwind.example").active is False
