@@ -85,6 +85,9 @@ def _save(tenant) -> str | None:
     url = form.get("tenant_url", "").strip()
     if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
         return "The Tenant URL must be an http(s) address, such as https://portal.example.com/scim/v2."
+    if urlsplit(url).query or urlsplit(url).fragment:
+        # Entra reads flags such as ?aadOptscim062020 there; the emulator sends only the default requests.
+        return "The emulator takes a Tenant URL without a query (flags such as aadOptscim062020 are not emulated)."
     scope = form.get("scope") or None
     if scope is not None and scope not in SCOPES:
         return "Choose a scope."

@@ -155,7 +155,8 @@ class Cycle:
     def _find(self, resource: str, attribute: str, value: str, extra: str = "") -> dict | None:
         """GET /Users or /Groups with `filter=attribute eq "value"`: the first resource or None."""
         escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        query = f'filter={quote(f"{attribute} eq " + chr(34) + escaped + chr(34), safe="")}{extra}'
+        expression = f'{attribute} eq "{escaped}"'
+        query = f"filter={quote(expression, safe='')}{extra}"
         data = self._json(self._send("GET", f"/{resource}?{query}"), f"GET /{resource}")
         found = data.get("Resources") or []
         return found[0] if found and isinstance(found[0], dict) else None

@@ -278,6 +278,10 @@ def test_provisioning_page_refuses_bad_input(emu, browser):
     fields.update({"tenant_url": "javascript:alert(1)", "action": "save"})
     assert browser.post(PAGE, data=fields).status_code == 400
     assert emu.store.provisioning(NW)["tenant_url"] is None
+    fields["tenant_url"] = TENANT_URL + "?aadOptscim062020"
+    refused = browser.post(PAGE, data=fields)
+    assert refused.status_code == 400 and "aadOptscim062020 are not emulated" in refused.get_data(as_text=True)
+    assert emu.store.provisioning(NW)["tenant_url"] is None
     fields.pop("csrf_token")
     assert browser.post(PAGE, data=fields).status_code == 400
     assert browser.get(f"/_entra/not-a-tenant/enterprise-applications/{CLIENT_ID}/provisioning").status_code == 404
