@@ -112,6 +112,7 @@ def _wire_emulator(app: Flask) -> None:
                 "secret": app.config["ENTRA_CLIENT_SECRET"],
                 "redirect_uris": [base + entra.CALLBACK_PATH, base + entra.ADMIN_CONSENT_CALLBACK_PATH],
                 "name": app.config["PORTAL_NAME"] + " (demo)",
+                "front_channel_logout_url": base + entra.FRONT_CHANNEL_LOGOUT_PATH,
             }
         },
     )

@@ -94,6 +94,8 @@ class LoginSession(db.Model):
     # Indexed for the sweep of expired sessions at every sign-in.
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # SHA-256 of the ID token's `sid` (the Microsoft session it came from), for front-channel logout.
+    entra_sid_hash: Mapped[str | None] = mapped_column(String(64), index=True)
 
     user: Mapped[User] = relationship()
 

@@ -33,9 +33,10 @@ def current_sid_hash(state: State) -> str | None:
     return sid_hash(state.get("sid"))
 
 
-def start_session(user: User, method: str, state: State) -> str:
+def start_session(user: User, method: str, state: State, *, entra_sid: str | None = None) -> str:
     """Record a new server-side session and put its id in a cleared `state` (the caller commits and rotates the
-    cookie); returns the id's hash. Sign-ins pending in other tabs stay usable (single-use, PKCE-bound)."""
+    cookie); returns the id's hash. Sign-ins pending in other tabs stay usable (single-use, PKCE-bound).
+    `entra_sid`: the ID token's `sid`, so a sign-out at Microsoft can end this session (front-channel logout)."""
     flows = state.get("flows")
     previous = current_sid_hash(state)
     if previous is not None:
@@ -44,7 +45,7 @@ def start_session(user: User, method: str, state: State) -> str:
     if isinstance(flows, dict):
         _keep(state, "flows", {k: v for k, v in flows.items() if fresh(v)})
     sid = secrets.token_urlsafe(32)
-    db.session.add(LoginSession(id=sid_hash(sid), user_id=user.id, method=method))
+    db.session.add(LoginSession(id=sid_hash(sid), user_id=user.id, method=method, entra_sid_hash=sid_hash(entra_sid)))
     state["sid"] = sid
     sweep_expired_sessions()  # every sign-in tidies up sessions nobody came back to
     return sid_hash(sid)
@@ -97,6 +98,19 @@ def end_session(state: State) -> str | None:
         db.session.commit()
         scrub_deleted()
     return method
+
+
+def end_sessions_for_entra_sid(entra_sid: str, tenant_id: str | None = None) -> int:
+    """Front-channel logout: end every session started from that Microsoft session (of that tenant's users, when
+    given) and commit; returns how many ended."""
+    query = db.select(LoginSession.id).where(LoginSession.entra_sid_hash == sid_hash(entra_sid))
+    if tenant_id is not None:
+        query = query.join(User, User.id == LoginSession.user_id).where(User.tenant_id == tenant_id)
+    ended = sum(drop_login_session(hashed) for hashed in db.session.execute(query).scalars().all())
+    db.session.commit()
+    if ended:
+        scrub_deleted()
+    return ended
 
 
 def drop_login_session(hashed: str) -> bool:

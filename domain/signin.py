@@ -13,7 +13,8 @@ from domain.errors import InvalidInput, NotAllowed
 from domain.policy import Actor, require_admin
 from domain.profiles import store_profile
 from domain.races import bind_tenant, lock_organization, settle_races
-from domain.sessions import State, current_sid_hash, put_pending, remember_finished, start_session, take_pending
+from domain.sessions import (State, current_sid_hash, end_sessions_for_entra_sid, put_pending, remember_finished,
+                             start_session, take_pending)
 from models import LoginSession, Organization, StoredProfile, User, db, utcnow
 
 log = logging.getLogger(__name__)
@@ -92,11 +93,29 @@ def _sso_sign_in(org: Organization, result: entra.SignIn, state: State) -> User:
     elif user.organization_id != org.id:
         raise NotAllowed("Your Microsoft account belongs to another organisation in this portal.")
     user.last_sign_in_at = utcnow()
-    sid_hash = start_session(user, "sso", state)
+    entra_sid = result.claims.get("sid")
+    sid_hash = start_session(user, "sso", state, entra_sid=entra_sid if isinstance(entra_sid, str) else None)
     store_profile(user, result, sid_hash)
     record("sign_in", "success", org=org, actor=user, detail="sso")
     db.session.commit()
     return user
+
+
+def front_channel_logout(sid: str | None, iss: str | None) -> int:
+    """Microsoft signed the user out: end the portal sessions of that Microsoft session (`sid`), only of the
+    issuer's tenant when `iss` is given. An unknown or missing `sid`, or a foreign `iss`, changes nothing."""
+    if not sid or len(sid) > 256:
+        log.info("Front-channel logout without a usable sid: nothing ended")
+        return 0
+    tenant_id = None
+    if iss is not None:
+        tenant_id = entra.client().tenant_of_issuer(iss)
+        if tenant_id is None:
+            log.warning("Front-channel logout with an issuer not of the authority (%r): nothing ended", iss[:200])
+            return 0
+    ended = end_sessions_for_entra_sid(sid, tenant_id)
+    log.info("Front-channel logout ended %d session(s)", ended)
+    return ended
 
 
 def _user_by_identity(tid: str, oid: str) -> User | None:

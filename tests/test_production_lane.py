@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from browsing import may_be_framed
 from helpers import NORTHWIND_TID, PASSWORD
 
 ADMIN = "admin@northwind.example"
@@ -130,6 +131,23 @@ def test_sso_sign_out_goes_through_microsoft_and_back(prod_browser):
     assert out.url == PORTAL + "/login" and "You are signed out." in prod_browser.flash()
     again = prod_browser.open("/profile/")
     assert again.url.startswith(PORTAL + "/login") and "Sales Manager" not in again
+
+
+def test_sign_out_at_microsoft_reaches_the_portal_through_a_cookieless_iframe(prod_app, prod_browser):
+    _activate(prod_browser)
+    assert prod_browser.sso_sign_in(MEMBER).url == PORTAL + "/"
+    page = prod_browser.goto(MICROSOFT + "/organizations/oauth2/v2.0/logout")  # as from another Microsoft app
+    assert "You signed out of your account" in page
+    [frame] = page.frames
+    assert frame.url.startswith(PORTAL + "/auth/front-channel-logout?sid=") and "iss=" in frame.url
+    assert frame.status == 200 and frame.shown, frame.blocked
+    sent = next(s for s in prod_browser.sent if s.url == frame.url)
+    assert "Cookie" not in sent.headers and "Referer" not in sent.headers  # third-party: no __Host- cookie
+    again = prod_browser.open("/profile/")
+    assert again.url.startswith(PORTAL + "/login") and "Sales Manager" not in again
+    # Any other portal page in that iframe would not be shown (frame-ancestors 'none', X-Frame-Options DENY).
+    login = prod_browser.open("/login")
+    assert not may_be_framed(login.headers, login.url, [MICROSOFT + "/organizations/oauth2/v2.0/logout"])
 
 
 def test_admin_turns_stored_profiles_off_and_on(prod_browser):
