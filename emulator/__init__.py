@@ -13,12 +13,15 @@ import time
 import requests
 
 from .app import create_app
-from .directory import Directory, Tenant, User, build_directory
+from .directory import Directory, Group, Tenant, User, build_directory
 from .store import Store
 from .tokens import KeyRing, new_signing_key
 from .transport import GRAPH_HOST, LOGIN_HOST, EmulatorAdapter
 
-__all__ = ["Emulator", "Directory", "Tenant", "User"]
+__all__ = ["Emulator", "Directory", "Group", "Tenant", "User"]
+
+# The app roles an app registration defines when its client entry names none: the portal's admin role.
+DEFAULT_APP_ROLES = ("Portal.Admin",)
 
 
 class Emulator:
@@ -36,7 +39,8 @@ class Emulator:
         self.graph_url = graph_url.rstrip("/")
         self.clients = {
             cid: {"secret": c["secret"], "redirect_uris": list(c.get("redirect_uris", [])),
-                  "name": c.get("name") or cid}
+                  "name": c.get("name") or cid,
+                  "app_roles": list(c.get("app_roles", DEFAULT_APP_ROLES))}
             for cid, c in clients.items()}
         self.directory: Directory = build_directory()
         self.requests: list[tuple] = []
@@ -101,3 +105,43 @@ class Emulator:
         """True when an admin of the tenant consented for the whole organisation."""
         tenant = self.directory.tenant(tid)
         return self.store.has_admin_consent(tenant.tid if tenant else tid, client_id)
+
+    def _principal(self, principal: str) -> tuple[str, str, str]:
+        """(tid, principal id, kind) for a user (UPN or oid) or a group (id or name, `tenant` domain or GUID
+        after a slash when names repeat: "Sales team/northwind.example")."""
+        user = self.directory.user_by_upn(principal) or self.directory.user_by_oid(principal)
+        if user is not None:
+            return user.tid, user.oid, "user"
+        name, _, tenant = principal.partition("/")
+        for t in ([self.directory.tenant(tenant)] if tenant else self.directory.tenants):
+            group = t and self.directory.group(t.tid, name)
+            if group:
+                return t.tid, group.id, "group"
+        raise KeyError(f"no user or group {principal!r} in the directory")
+
+    def _client_role(self, client_id: str | None, role: str) -> str:
+        if client_id is None:
+            if len(self.clients) != 1:
+                raise ValueError("several apps are registered: name the client_id")
+            client_id = next(iter(self.clients))
+        if role not in self.clients[client_id]["app_roles"]:
+            raise ValueError(f"app {client_id!r} defines no app role {role!r}")
+        return client_id
+
+    def assign_app_role(self, principal: str, role: str = "Portal.Admin", *, client_id: str | None = None,
+                        assigned: bool = True) -> None:
+        """Assign an app role to a user or a group in its tenant (Enterprise applications -> Users and groups)."""
+        client_id = self._client_role(client_id, role)
+        tid, principal_id, _ = self._principal(principal)
+        self.store.set_app_role_assignment(tid, client_id, principal_id, role, assigned)
+
+    def unassign_app_role(self, principal: str, role: str = "Portal.Admin", *,
+                          client_id: str | None = None) -> None:
+        self.assign_app_role(principal, role, client_id=client_id, assigned=False)
+
+    def roles_of(self, user: User, client_id: str) -> list[str]:
+        """The app-role values the user holds in the app, directly or through a group (the `roles` claim)."""
+        ids = {user.oid} | {g.id for g in self.directory.groups_of(user)}
+        defined = self.clients.get(client_id, {}).get("app_roles", [])
+        held = {role for pid, role in self.store.app_role_assignments(user.tid, client_id) if pid in ids}
+        return [role for role in defined if role in held]

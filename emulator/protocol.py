@@ -227,6 +227,9 @@ def _id_token(client_id: str, user: "User", nonce: str | None, sid: str | None) 
     }
     if user.mail:
         claims["email"] = user.mail
+    roles = emu.roles_of(user, client_id)
+    if roles:
+        claims["roles"] = roles
     if nonce:
         claims["nonce"] = nonce
     for name, value in (emu.faults.get("id_token_claims") or {}).items():

@@ -27,6 +27,9 @@ CREATE TABLE IF NOT EXISTS admin_consents (
 CREATE TABLE IF NOT EXISTS tenant_settings (
     tid TEXT PRIMARY KEY, users_may_consent INTEGER, assignment_required INTEGER,
     assigned TEXT);
+CREATE TABLE IF NOT EXISTS app_role_assignments (
+    tid TEXT NOT NULL, client_id TEXT NOT NULL, principal_id TEXT NOT NULL, role TEXT NOT NULL,
+    PRIMARY KEY (tid, client_id, principal_id, role));
 """
 
 
@@ -175,3 +178,20 @@ class Store:
                 stored = json.dumps(list(value)) if column == "assigned" else int(bool(value))
                 # Column names come from our own keyword arguments, never from a request.
                 db.execute(f"UPDATE tenant_settings SET {column}=? WHERE tid=?", (stored, tid))
+
+    # -- app-role assignments (Enterprise applications -> the app -> Users and groups) --------------
+    def app_role_assignments(self, tid: str, client_id: str) -> list[tuple[str, str]]:
+        """(principal id, role value) pairs of the tenant's assignments for the app."""
+        return [(r["principal_id"], r["role"]) for r in self.query(
+            "SELECT principal_id, role FROM app_role_assignments WHERE tid=? AND client_id=? "
+            "ORDER BY principal_id, role", (tid, client_id))]
+
+    def set_app_role_assignment(self, tid: str, client_id: str, principal_id: str, role: str,
+                                assigned: bool) -> None:
+        with self.tx() as db:
+            if assigned:
+                db.execute("INSERT OR IGNORE INTO app_role_assignments (tid, client_id, principal_id, role) "
+                           "VALUES (?, ?, ?, ?)", (tid, client_id, principal_id, role))
+            else:
+                db.execute("DELETE FROM app_role_assignments WHERE tid=? AND client_id=? AND principal_id=? "
+                           "AND role=?", (tid, client_id, principal_id, role))
