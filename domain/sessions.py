@@ -120,6 +120,16 @@ def drop_login_session(hashed: str) -> bool:
     return bool(db.session.execute(db.delete(LoginSession).where(LoginSession.id == hashed)).rowcount)
 
 
+def end_all_sessions(user_id: int) -> int:
+    """End every session of a user and the profile copies held only for them (the caller commits); return how many."""
+    theirs = db.select(LoginSession.id).where(LoginSession.user_id == user_id)
+    db.session.execute(db.delete(StoredProfile).where(StoredProfile.kept == db.false(),
+                                                      StoredProfile.session_id.in_(theirs)),
+                       execution_options={"synchronize_session": False})
+    return db.session.execute(db.delete(LoginSession).where(LoginSession.user_id == user_id),
+                              execution_options={"synchronize_session": False}).rowcount or 0
+
+
 def sweep_expired_sessions() -> tuple[int, int]:
     """Delete sessions past their idle or absolute limit, profile copies no live session holds and expired
     sign-in throttle counts (caller commits).

@@ -10,6 +10,7 @@ from domain.addresses import normalise_or_raw, org_emails
 from domain.audit import failures_recorded, record
 from domain.directory import Realm, user_email, users_by_email
 from domain.errors import InvalidInput, NotAllowed
+from domain.members import blocked_refusal, role_at_sign_in
 from domain.policy import Actor, require_admin
 from domain.profiles import store_profile
 from domain.races import bind_tenant, lock_organization, settle_races
@@ -92,6 +93,9 @@ def _sso_sign_in(org: Organization, result: entra.SignIn, state: State) -> User:
         user = _link_or_create(org, result)
     elif user.organization_id != org.id:
         raise NotAllowed("Your Microsoft account belongs to another organisation in this portal.")
+    if user.blocked:
+        raise blocked_refusal(org)  # rolled back and audited as `blocked` by failures_recorded
+    role_at_sign_in(org, user, result.claims)
     user.last_sign_in_at = utcnow()
     entra_sid = result.claims.get("sid")
     sid_hash = start_session(user, "sso", state, entra_sid=entra_sid if isinstance(entra_sid, str) else None)

@@ -207,3 +207,24 @@ def test_a_form_on_another_site_cannot_sign_the_user_out(prod_app, prod_emulator
     assert sent.headers["Origin"] == "https://evil.example" and "Cookie" not in sent.headers  # SameSite=Lax
     assert refused.status == 400 and "Form expired" in refused
     assert browser.open("/profile/").status == 200  # still signed in
+
+
+def test_admin_finds_and_blocks_a_member_on_the_users_tab(prod_app, prod_emulator, prod_browser):
+    from browsing import PortalBrowser
+
+    _activate(prod_browser)
+    member = PortalBrowser({"portal.example.com": prod_app, "login.microsoftonline.com": prod_emulator.wsgi}, PORTAL)
+    assert member.sso_sign_in(MEMBER).url == PORTAL + "/"
+    prod_browser.sign_in_locally(ADMIN, PASSWORD, password_link=True)
+    prod_browser.open("/settings/users")
+    found = prod_browser.submit("Find", fields={"email": MEMBER})
+    assert found.url.startswith(PORTAL + "/settings/users?email=") and found.text.count(MEMBER) >= 1
+    assert ADMIN + "</td>" not in found
+    blocked = prod_browser.submit("Block")
+    (post,) = [s for s in prod_browser.sent if s.method == "POST" and s.url.endswith("/block")]
+    assert post.headers["Origin"] == PORTAL and post.headers["Referer"].startswith(PORTAL + "/settings/users")
+    assert blocked.url == PORTAL + "/settings/users" and "is blocked; 1 session ended." in prod_browser.flash()
+    again = member.open("/profile/")
+    assert again.url.startswith(PORTAL + "/login") and "Sales Manager" not in again
+    refused = member.sso_sign_in(MEMBER)
+    assert refused.status == 403 and "Your account is blocked" in refused
