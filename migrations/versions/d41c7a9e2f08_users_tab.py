@@ -1,7 +1,7 @@
 """USERS tab: blocked users, admins from Entra app roles, users by last sign-in
 
 Revision ID: d41c7a9e2f08
-Revises: b5d2e8c4f913
+Revises: c8e3f1a7d2b6
 Create Date: 2026-11-28 20:20:00
 
 """
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = 'd41c7a9e2f08'
-down_revision = 'b5d2e8c4f913'
+down_revision = 'c8e3f1a7d2b6'
 branch_labels = None
 depends_on = None
 
