@@ -358,17 +358,15 @@ def audit(org_name: str) -> None:
 @click.option("--org", "org_name", required=True, help="The organisation's name.")
 def users(org_name: str) -> None:
     """Print an organisation's users as JSON lines, newest sign-in first."""
-    org = _organization(org_name)
+    org = directory.get_organization(org_name)
     for row in members.all_members(org, policy.OPERATOR):
         click.echo(json.dumps(row.as_json(), ensure_ascii=False))
 
 
 def _member(email: str, org_name: str):
-    org = _organization(org_name)
-    try:
-        return org, members.member_by_email(org, email, policy.OPERATOR)
-    except errors.PortalError as e:
-        _fail(e)
+    """The organisation and its user with that email (a refusal is the command's one Error: line)."""
+    org = directory.get_organization(org_name)
+    return org, members.member_by_email(org, email, policy.OPERATOR)
 
 
 @click.command("set-role")
@@ -379,10 +377,7 @@ def _member(email: str, org_name: str):
 def set_role(email: str, org_name: str, role: str) -> None:
     """Make a user an admin or a member (the organisation keeps an admin who can sign in)."""
     org, user = _member(email, org_name)
-    try:
-        changed = members.set_role(org, user, role, policy.OPERATOR)
-    except errors.PortalError as e:
-        _fail(e)
+    changed = members.set_role(org, user, role, policy.OPERATOR)
     click.echo(f"{directory.display_user(user)} is {'now' if changed else 'already'} {'an' if role == 'admin' else 'a'} "
                f"{role} of {org.name}.")
 
@@ -394,10 +389,7 @@ def set_role(email: str, org_name: str, role: str) -> None:
 def block(email: str, org_name: str) -> None:
     """Block a user: no sign-in by any method, and every session ends now."""
     org, user = _member(email, org_name)
-    try:
-        ended = members.set_blocked(org, user, True, policy.OPERATOR)
-    except errors.PortalError as e:
-        _fail(e)
+    ended = members.set_blocked(org, user, True, policy.OPERATOR)
     click.echo(f"{directory.display_user(user)} is blocked; {ended} session{'' if ended == 1 else 's'} ended.")
 
 
@@ -425,8 +417,5 @@ def remove(email: str, org_name: str, yes: bool) -> None:
         raise click.ClickException(f"Removing {name} deletes their account and everything stored about them; a "
                                    "Microsoft user who signs in again comes back as a new member (block them to keep "
                                    "them out). Run again with --yes to confirm.")
-    try:
-        members.remove(org, user, policy.OPERATOR)
-    except errors.PortalError as e:
-        _fail(e)
+    members.remove(org, user, policy.OPERATOR)
     click.echo(f"Removed {name} from {org.name}.")
