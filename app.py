@@ -165,13 +165,19 @@ def _register_security_headers(app: Flask) -> None:
     if hsts:
         defaults.append(("Strict-Transport-Security", "max-age=31536000; includeSubDomains"))
     defaults_by_key = [(name.lower(), name, value) for name, value in defaults]
+    # Front-channel logout is loaded in an iframe by Microsoft's sign-out page (in demo mode the emulator's, on
+    # this origin): only there may the authority frame the portal; X-Frame-Options cannot name it, so none.
+    framer = "'self'" if app.config["DEMO_MODE"] else f"{authority.scheme}://{authority.netloc}"
+    framed_by_key = [(key, name, value.replace("frame-ancestors 'none'", f"frame-ancestors {framer}"))
+                     for key, name, value in defaults_by_key if key != "x-frame-options"]
 
     @app.after_request
     def security_headers(response):
         headers = response.headers
         # A view may set its own value; one pass over the headers instead of a search per default.
         present = {name.lower() for name, _ in headers}
-        headers.extend([(name, value) for key, name, value in defaults_by_key if key not in present])
+        chosen = framed_by_key if request.endpoint == "auth.front_channel_logout" else defaults_by_key
+        headers.extend([(name, value) for key, name, value in chosen if key not in present])
         # Signed-in pages, the callback, error pages and forms with CSRF tokens: nothing worth caching.
         if request.endpoint != "static":
             headers["Cache-Control"] = "no-store"

@@ -18,7 +18,7 @@ import entra
 import extensions
 import vault
 from demo import DEMO_PASSWORD  # noqa: F401 (tests and scripts read it here)
-from domain import auditlog, directory, errors, keys, passwords, policy, sessions, signin
+from domain import auditlog, directory, errors, keys, members, passwords, policy, sessions, signin
 from models import db
 
 
@@ -29,7 +29,7 @@ ANY_TIME = {"generate-key", "check-config"}
 def init_app(app: Flask) -> None:
     for command in (init_db, orgs, create_org, rename_org, add_domain, remove_domain, delete_org, create_admin,
                     set_password, deactivate_sso, generate_key, check_config, demo, rotate_keys, sweep_sessions,
-                    audit):
+                    audit, users, set_role, block, unblock, remove):
         app.cli.add_command(command)
     app.cli.add_command(migrate_commands)  # Flask-Migrate's `db` group, also when the portal is not configured
     for command in app.cli.commands.values():
@@ -72,7 +72,10 @@ def unconfigured_app(configured: Flask, failure: str) -> Flask:
 
 
 def describe_failure(e: BaseException) -> str | None:
-    """One line for a configuration, key or database failure, naming the fix; None for anything else (a bug)."""
+    """One line for refused input, a configuration, key or database failure, naming the fix; None for anything
+    else (a bug)."""
+    if isinstance(e, errors.PortalError):  # the domain refused: its own sentence
+        return e.message
     if isinstance(e, configuration.ConfigError):
         return str(e)
     if isinstance(e, vault.KeyConfigError):
@@ -123,18 +126,6 @@ def _one_line_errors(command: click.Command) -> None:
     command.callback = callback
 
 
-def _fail(e: Exception) -> None:
-    raise click.ClickException(getattr(e, "message", str(e)))
-
-
-def _organization(name: str):
-    """The organisation called `name`, or a one-line error and exit code 1."""
-    try:
-        return directory.get_organization(name)
-    except errors.PortalError as e:
-        _fail(e)
-
-
 @click.command("init-db")
 @with_appcontext
 def init_db() -> None:
@@ -149,10 +140,7 @@ def init_db() -> None:
 @click.option("--domain", "domains", multiple=True, required=True, help="An email domain of the organisation.")
 def create_org(name: str, domains: tuple[str, ...]) -> None:
     """Create an organisation with one or more email domains."""
-    try:
-        org = directory.create_organization(name, domains, policy.OPERATOR)
-    except errors.PortalError as e:
-        _fail(e)
+    org = directory.create_organization(name, domains, policy.OPERATOR)
     click.echo(f"Created organisation {org.name} with {', '.join(d.name for d in org.domains)}.")
 
 
@@ -175,11 +163,8 @@ def orgs() -> None:
 @click.argument("new_name")
 def rename_org(name: str, new_name: str) -> None:
     """Give an organisation a new name (names are unique without regard to case)."""
-    org = _organization(name)
-    try:
-        old = directory.rename_organization(org, new_name, policy.OPERATOR)
-    except errors.PortalError as e:
-        _fail(e)
+    org = directory.get_organization(name)
+    old = directory.rename_organization(org, new_name, policy.OPERATOR)
     click.echo(f"Renamed organisation {old} to {org.name}.")
 
 
@@ -189,11 +174,8 @@ def rename_org(name: str, new_name: str) -> None:
 @click.option("--org", "org_name", required=True, help="The organisation's name.")
 def add_domain(domain: str, org_name: str) -> None:
     """Add an email domain to an organisation."""
-    org = _organization(org_name)
-    try:
-        added = directory.add_domain(org, domain, policy.OPERATOR)
-    except errors.PortalError as e:
-        _fail(e)
+    org = directory.get_organization(org_name)
+    added = directory.add_domain(org, domain, policy.OPERATOR)
     click.echo(f"Added {added} to {org.name}.")
 
 
@@ -203,11 +185,8 @@ def add_domain(domain: str, org_name: str) -> None:
 @click.option("--org", "org_name", required=True, help="The organisation's name.")
 def remove_domain(domain: str, org_name: str) -> None:
     """Remove an email domain from an organisation (never its last one)."""
-    org = _organization(org_name)
-    try:
-        removed, affected = directory.remove_domain(org, domain, policy.OPERATOR)
-    except errors.PortalError as e:
-        _fail(e)
+    org = directory.get_organization(org_name)
+    removed, affected = directory.remove_domain(org, domain, policy.OPERATOR)
     click.echo(f"Removed {removed} from {org.name}.")
     if affected:
         click.echo(f"{affected} of its accounts have an email in {removed}: password accounts keep signing in with "
@@ -220,7 +199,7 @@ def remove_domain(domain: str, org_name: str) -> None:
 @click.option("--yes", is_flag=True, help="Confirm: delete the organisation, its users and all their data.")
 def delete_org(name: str, yes: bool) -> None:
     """Delete an organisation with its users and everything stored about them (needs --yes)."""
-    org = _organization(name)
+    org = directory.get_organization(name)
     if not yes:
         users = sum(n for o, n in directory.organizations() if o.id == org.id)
         raise click.ClickException(f"Deleting {org.name} deletes its {users} user{'' if users == 1 else 's'} and "
@@ -246,11 +225,8 @@ def _read_password(password_stdin: bool) -> str:
 def create_admin(email: str, org_name: str, password_stdin: bool, break_glass: bool) -> None:
     """Create an administrator with a password."""
     password = _read_password(password_stdin)
-    try:
-        user = passwords.create_local_user(email, org_name, password, role="admin", break_glass=break_glass,
-                                          actor=policy.OPERATOR)
-    except errors.PortalError as e:
-        _fail(e)
+    user = passwords.create_local_user(email, org_name, password, role="admin", break_glass=break_glass,
+                                      actor=policy.OPERATOR)
     click.echo(f"Created administrator {directory.user_email(user)} in {user.organization.name}.")
 
 
@@ -261,10 +237,7 @@ def create_admin(email: str, org_name: str, password_stdin: bool, break_glass: b
 def set_password(email: str, password_stdin: bool) -> None:
     """Give a password account a new password and end its sessions."""
     password = _read_password(password_stdin)
-    try:
-        user, ended = passwords.set_password(email, password, policy.OPERATOR)
-    except errors.PortalError as e:
-        _fail(e)
+    user, ended = passwords.set_password(email, password, policy.OPERATOR)
     click.echo(f"New password set for {directory.user_email(user)}; {ended} session{'' if ended == 1 else 's'} "
                "ended.")
 
@@ -274,7 +247,7 @@ def set_password(email: str, password_stdin: bool) -> None:
 @click.option("--org", "org_name", required=True, help="The organisation's name.")
 def deactivate_sso(org_name: str) -> None:
     """Turn single sign-on off for an organisation (the operator's way back in)."""
-    org = _organization(org_name)
+    org = directory.get_organization(org_name)
     signin.deactivate_sso(org, policy.OPERATOR, via="cli")
     click.echo(f"Single sign-on is off for {org.name}; password accounts can sign in.")
 
@@ -399,6 +372,74 @@ def sweep_sessions() -> None:
 @click.option("--org", "org_name", required=True, help="The organisation's name.")
 def audit(org_name: str) -> None:
     """Print an organisation's audit log as JSON lines, oldest first (time in UTC)."""
-    org = _organization(org_name)
+    org = directory.get_organization(org_name)
     for entry in auditlog.audit_log(org, policy.OPERATOR):
         click.echo(json.dumps(entry.as_json(), ensure_ascii=False))
+
+
+@click.command("users")
+@with_appcontext
+@click.option("--org", "org_name", required=True, help="The organisation's name.")
+def users(org_name: str) -> None:
+    """Print an organisation's users as JSON lines, newest sign-in first."""
+    org = directory.get_organization(org_name)
+    for row in members.all_members(org, policy.OPERATOR):
+        click.echo(json.dumps(row.as_json(), ensure_ascii=False))
+
+
+def _member(email: str, org_name: str):
+    """The organisation and its user with that email (a refusal is the command's one Error: line)."""
+    org = directory.get_organization(org_name)
+    return org, members.member_by_email(org, email, policy.OPERATOR)
+
+
+@click.command("set-role")
+@with_appcontext
+@click.argument("email")
+@click.option("--org", "org_name", required=True, help="The organisation's name.")
+@click.argument("role", type=click.Choice(members.ROLES))
+def set_role(email: str, org_name: str, role: str) -> None:
+    """Make a user an admin or a member (the organisation keeps an admin who can sign in)."""
+    org, user = _member(email, org_name)
+    changed = members.set_role(org, user, role, policy.OPERATOR)
+    click.echo(f"{directory.display_user(user)} is {'now' if changed else 'already'} {'an' if role == 'admin' else 'a'} "
+               f"{role} of {org.name}.")
+
+
+@click.command("block")
+@with_appcontext
+@click.argument("email")
+@click.option("--org", "org_name", required=True, help="The organisation's name.")
+def block(email: str, org_name: str) -> None:
+    """Block a user: no sign-in by any method, and every session ends now."""
+    org, user = _member(email, org_name)
+    ended = members.set_blocked(org, user, True, policy.OPERATOR)
+    click.echo(f"{directory.display_user(user)} is blocked; {ended} session{'' if ended == 1 else 's'} ended.")
+
+
+@click.command("unblock")
+@with_appcontext
+@click.argument("email")
+@click.option("--org", "org_name", required=True, help="The organisation's name.")
+def unblock(email: str, org_name: str) -> None:
+    """Let a blocked user sign in again."""
+    org, user = _member(email, org_name)
+    members.set_blocked(org, user, False, policy.OPERATOR)
+    click.echo(f"{directory.display_user(user)} can sign in again.")
+
+
+@click.command("remove")
+@with_appcontext
+@click.argument("email")
+@click.option("--org", "org_name", required=True, help="The organisation's name.")
+@click.option("--yes", is_flag=True, help="Confirm: delete the user and everything stored about them.")
+def remove(email: str, org_name: str, yes: bool) -> None:
+    """Remove a user: sessions, stored copy, photo, email and account (needs --yes)."""
+    org, user = _member(email, org_name)
+    name = directory.display_user(user)
+    if not yes:
+        raise click.ClickException(f"Removing {name} deletes their account and everything stored about them; a "
+                                   "Microsoft user who signs in again comes back as a new member (block them to keep "
+                                   "them out). Run again with --yes to confirm.")
+    members.remove(org, user, policy.OPERATOR)
+    click.echo(f"Removed {name} from {org.name}.")

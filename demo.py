@@ -12,6 +12,7 @@ from werkzeug.utils import redirect
 
 import configuration
 import entra
+import vault
 from domain import directory, errors, passwords
 
 log = logging.getLogger(__name__)
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 # Demo mode's app registration in the emulator; never valid at Microsoft.
 DEMO_CLIENT_ID = "5f0d1c2e-0000-4000-8000-00000000d3e0"
 DEMO_PASSWORD = "northwind-demo-password"
+DEMO_KEY_FILE = "encryption.keys"  # in instance/, unless ENCRYPTION_KEYS or ENCRYPTION_KEY_FILE is given
 DEMO_ORGS = (
     ("Northwind Traders", "northwind.example", "admin@northwind.example"),
     ("Fabrikam Research", "fabrikam.example", "admin@fabrikam.example"),
@@ -31,11 +33,28 @@ def configure(app: Flask) -> None:
     # Only demo mode reuses a generated secret key; DEBUG relaxes nothing.
     if not cfg["SECRET_KEY"]:
         cfg["SECRET_KEY"] = _instance_secret(app, "secret_key")
+    if not vault.is_set(cfg.get("ENCRYPTION_KEYS")) and not cfg.get("ENCRYPTION_KEY_FILE"):
+        cfg["ENCRYPTION_KEY_FILE"] = _demo_key_file(app)
     cfg["ENTRA_CLIENT_ID"] = DEMO_CLIENT_ID
     cfg["ENTRA_CLIENT_SECRET"] = _instance_secret(app, "demo_client_secret")
     if not cfg["SERVER_NAME"]:
         cfg["SERVER_NAME"] = "127.0.0.1:5000"
     cfg["PREFERRED_URL_SCHEME"] = "http"
+
+
+def _demo_key_file(app: Flask) -> str:
+    """The demo's encryption key file in instance/, generated once (mode 0600) and shared by every worker."""
+    path = os.path.join(app.instance_path, DEMO_KEY_FILE)
+    if not os.path.exists(path):
+        os.makedirs(app.instance_path, exist_ok=True)
+        try:
+            vault.write_key_file(path, [vault.generate_key()])
+            log.warning("DEMO_MODE: generated a demo encryption key file at %s", path)
+        except FileExistsError:
+            pass  # another worker created it first; use that one so all workers agree
+    log.warning("DEMO_MODE: personal data is encrypted with the demo key file %s; this is for demos only, "
+                "set ENCRYPTION_KEYS for real data", path)
+    return path
 
 
 def wire(app: Flask) -> None:
@@ -93,6 +112,7 @@ def _wire_emulator(app: Flask) -> None:
                 "secret": app.config["ENTRA_CLIENT_SECRET"],
                 "redirect_uris": [base + entra.CALLBACK_PATH, base + entra.ADMIN_CONSENT_CALLBACK_PATH],
                 "name": app.config["PORTAL_NAME"] + " (demo)",
+                "front_channel_logout_url": base + entra.FRONT_CHANNEL_LOGOUT_PATH,
             }
         },
     )

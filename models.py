@@ -36,6 +36,8 @@ class Organization(db.Model):
     require_sso: Mapped[bool] = mapped_column(default=False)
     admin_consent_at: Mapped[datetime | None]
     admin_consent_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", use_alter=True, ondelete="SET NULL"))
+    # "Admins are assigned in Microsoft Entra": the ID token's `roles` decide the role of SSO users at sign-in.
+    admins_from_entra: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     domains: Mapped[list[Domain]] = relationship(back_populates="organization", order_by="Domain.name")
     sso_activated_by: Mapped[User | None] = relationship(foreign_keys=[sso_activated_by_id])
@@ -60,7 +62,9 @@ class Domain(db.Model):
 
 class User(UserMixin, db.Model):
     __tablename__ = "users"
-    __table_args__ = (UniqueConstraint("tenant_id", "object_id", name="uq_users_tid_oid"),)
+    __table_args__ = (UniqueConstraint("tenant_id", "object_id", name="uq_users_tid_oid"),
+                      # The USERS tab: an organisation's users, newest sign-in first, a page at a time.
+                      Index("ix_users_org_last_sign_in", "organization_id", "last_sign_in_at", "id"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
@@ -75,6 +79,8 @@ class User(UserMixin, db.Model):
     object_id: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_sign_in_at: Mapped[datetime | None]
+    # Blocked by an admin: no sign-in by any method, and no session survives the block.
+    blocked: Mapped[bool] = mapped_column(default=False, server_default=false())
 
     organization: Mapped[Organization] = relationship(foreign_keys=[organization_id])
 
@@ -94,6 +100,8 @@ class LoginSession(db.Model):
     # Indexed for the sweep of expired sessions at every sign-in.
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # SHA-256 of the ID token's `sid` (the Microsoft session it came from), for front-channel logout.
+    entra_sid_hash: Mapped[str | None] = mapped_column(String(64), index=True)
 
     user: Mapped[User] = relationship()
 

@@ -58,7 +58,6 @@ NONCE_SIZE = 12
 TAG_SIZE = 16
 HEADER_SIZE = len(VERSION) + KEY_ID_SIZE
 MIN_BLOB_SIZE = HEADER_SIZE + NONCE_SIZE + TAG_SIZE
-DEMO_KEY_FILE = "encryption.keys"
 _CHECK_MARKER = b"vault-check-v1"
 # Only the URL-safe alphabet: base64.b64decode(altchars=...) would also let '+' and '/' through.
 _KEY_CHARS = re.compile(r"[A-Za-z0-9_-]*={0,2}")
@@ -376,7 +375,7 @@ def _check_aad() -> bytes:
 
 
 def init_app(app: Flask) -> None:
-    """Store a Vault from ENCRYPTION_KEYS, ENCRYPTION_KEY_FILE or (demo only) a generated file."""
+    """Store a Vault from ENCRYPTION_KEYS or ENCRYPTION_KEY_FILE (demo mode points the latter at its own file)."""
     configured = app.config.get("ENCRYPTION_KEYS")
     key_file = app.config.get("ENCRYPTION_KEY_FILE")
     if is_set(configured):
@@ -384,8 +383,6 @@ def init_app(app: Flask) -> None:
         keys = parse_keys(configured)
     elif key_file:
         keys = load_key_file(os.path.join(app.instance_path, os.fspath(key_file)))
-    elif app.config.get("DEMO_MODE"):
-        keys = _demo_keys(app)
     else:
         missing_keys()
     app.extensions["vault"] = Vault(keys)
@@ -406,23 +403,6 @@ def is_set(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return bool(value)
     return True  # a wrong type is an error for parse_keys to report, not "absent"
-
-
-def _demo_keys(app: Flask) -> list[bytes]:
-    path = os.path.join(app.instance_path, DEMO_KEY_FILE)
-    if not os.path.exists(path):
-        os.makedirs(app.instance_path, exist_ok=True)
-        try:
-            write_key_file(path, [generate_key()])
-            app.logger.warning("DEMO_MODE: generated a demo encryption key file at %s", path)
-        except FileExistsError:
-            pass  # another worker created it first; use that one so all workers agree
-    app.logger.warning(
-        "DEMO_MODE: personal data is encrypted with the demo key file %s; this is for demos only,"
-        " set ENCRYPTION_KEYS for real data",
-        path,
-    )
-    return load_key_file(path)
 
 
 def get_vault() -> Vault:

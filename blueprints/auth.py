@@ -197,6 +197,15 @@ def admin_consent_callback():
     return redirect(url_for("settings.security"), 303)
 
 
+@bp.get(entra.FRONT_CHANNEL_LOGOUT_PATH)
+def front_channel_logout():
+    """Microsoft's sign-out page loads this in a hidden iframe: end the sessions of that Microsoft session. No
+    cookie (third-party in the iframe) and no CSRF token: it can only end sessions; framing is allowed for the
+    authority alone (app.py's header hook)."""
+    signin.front_channel_logout(request.args.get("sid"), request.args.get("iss"))
+    return render_template("auth/front_channel_logout.html")
+
+
 @bp.post("/logout")
 @login_required
 def logout():

@@ -1,14 +1,15 @@
-"""Settings (admins only): GENERAL, SECURITY (sign-on, profiles, admin consent, enforcement) and AUDIT LOG tabs."""
+"""Settings (admins only): GENERAL, USERS, SECURITY (sign-on, profiles, admin consent, enforcement, Entra admin
+roles) and AUDIT LOG tabs."""
 from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
-from wtforms import BooleanField
+from wtforms import BooleanField, RadioField
 
 from blueprints import websession
 from blueprints.auth import consent_page
-from domain import auditlog, consent, directory, profiles, signin
+from domain import auditlog, consent, directory, members, profiles, signin
 from domain.errors import InvalidInput
 from models import Organization
 
@@ -30,6 +31,16 @@ def admins_only():
     if not current_user.is_admin:
         current_app.logger.warning("Non-admin user %s refused on %r", current_user.id, request.path)  # %r: no log forging
         abort(403, "Only administrators of your organisation can open Settings.")
+
+
+class EntraAdminsForm(FlaskForm):
+    """The SECURITY tab's "Admins are assigned in Microsoft Entra" setting."""
+
+    admins_from_entra = BooleanField("Admins are assigned in Microsoft Entra")
+
+
+class RoleForm(FlaskForm):
+    role = RadioField(choices=members.ROLES)
 
 
 class StoreProfilesForm(FlaskForm):
@@ -59,7 +70,8 @@ def security():
                            store_form=StoreProfilesForm(store_profiles=_org().store_profiles),
                            consent_by=directory.display_user(_org().admin_consent_by),
                            break_glass=consent.break_glass_count(_org()),
-                           enforcement=EnforcementForm(require_sso=_org().require_sso))
+                           enforcement=EnforcementForm(require_sso=_org().require_sso),
+                           entra_admins=EntraAdminsForm(admins_from_entra=_org().admins_from_entra))
 
 
 @bp.get("/audit")
@@ -131,3 +143,81 @@ def require_sso():
         flash("Single sign-on is now required: members sign in with Microsoft; break-glass accounts keep their "
               "password." if form.require_sso.data else "Single sign-on is no longer required.", "success")
     return redirect(url_for("settings.security"), 303)
+
+
+@bp.post("/security/entra-admins")
+def entra_admins():
+    """Turn "Admins are assigned in Microsoft Entra" on or off."""
+    form = EntraAdminsForm()
+    if not form.validate_on_submit():
+        raise InvalidInput("The setting could not be read. Reload the page and try again.")
+    if members.set_admins_from_entra(_org(), bool(form.admins_from_entra.data), current_user):
+        flash("Admins are now assigned in Microsoft Entra: the app role Portal.Admin decides at each Microsoft "
+              "sign-in." if form.admins_from_entra.data else "Admins are assigned on the USERS tab again.", "success")
+    return redirect(url_for("settings.security"), 303)
+
+
+# -- USERS ------------------------------------------------------------------------------------------------------
+
+@bp.get("/users")
+def users():
+    listing = members.members_page(_org(), request.args.get("page", "1"), current_user,
+                                   email=request.args.get("email", ""))
+    return render_template("settings/users.html", org=_org(), tab="users", listing=listing)
+
+
+def _back_to_users():
+    return redirect(url_for("settings.users"), 303)
+
+
+@bp.post("/users/<user_id>/role")
+def set_role(user_id: str):
+    user = members.member(_org(), user_id, current_user)
+    form = RoleForm()
+    if not form.validate_on_submit():
+        raise InvalidInput("A role is admin or member. Reload the USERS tab and try again.")
+    if members.set_role(_org(), user, form.role.data, current_user):
+        flash(f"{directory.display_user(user)} is now {'an admin' if form.role.data == 'admin' else 'a member'}.",
+              "success")
+    return _back_to_users()
+
+
+@bp.post("/users/<user_id>/block")
+def block(user_id: str):
+    user = members.member(_org(), user_id, current_user)
+    ended = members.set_blocked(_org(), user, True, current_user)
+    flash(f"{directory.display_user(user)} is blocked; {ended} session{'' if ended == 1 else 's'} ended.", "success")
+    return _back_to_users()
+
+
+@bp.post("/users/<user_id>/unblock")
+def unblock(user_id: str):
+    user = members.member(_org(), user_id, current_user)
+    members.set_blocked(_org(), user, False, current_user)
+    flash(f"{directory.display_user(user)} can sign in again.", "success")
+    return _back_to_users()
+
+
+@bp.post("/users/<user_id>/sign-out")
+def sign_out_everywhere(user_id: str):
+    user = members.member(_org(), user_id, current_user)
+    ended = members.sign_out_everywhere(_org(), user, current_user)
+    flash(f"{directory.display_user(user)} is signed out everywhere ({ended} session{'' if ended == 1 else 's'}).",
+          "success")
+    return _back_to_users()
+
+
+@bp.get("/users/<user_id>/remove")
+def confirm_remove(user_id: str):
+    user = members.member(_org(), user_id, current_user)
+    return render_template("settings/confirm_remove.html", org=_org(), tab="users", user=user,
+                           name=directory.display_user(user), microsoft=user.object_id is not None)
+
+
+@bp.post("/users/<user_id>/remove")
+def remove(user_id: str):
+    user = members.member(_org(), user_id, current_user)
+    name = directory.display_user(user)
+    members.remove(_org(), user, current_user)
+    flash(f"{name} was removed.", "success")
+    return _back_to_users()

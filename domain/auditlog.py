@@ -22,13 +22,15 @@ AUDIT_ACTIONS = {
     "org_created": "Organisation created", "org_renamed": "Organisation renamed", "domain_added": "Domain added",
     "domain_removed": "Domain removed", "password_reset": "Password reset", "org_deleted": "Organisation deleted",
     "profiles_purged": "All profile copies deleted", "store_profiles": "Stored profiles setting",
-    "data_export": "Data downloaded",
+    "data_export": "Data downloaded", "role_changed": "Role changed", "user_blocked": "User blocked",
+    "user_unblocked": "User unblocked", "signed_out_everywhere": "Signed out everywhere", "user_removed": "User removed",
+    "admins_from_entra": "Admins assigned in Microsoft Entra",
 }
 # The audit page's words for the fixed detail codes (the CLI's JSON keeps the codes).
 AUDIT_DETAILS = {
     "password": "with a password", "sso": "with Microsoft", "bad_password": "wrong email or password",
     "sso_required": "single sign-on is required", "sso_not_active": "single sign-on is off",
-    "settings": "in Settings", "cli": "by the operator (CLI)",
+    "settings": "in Settings", "cli": "by the operator (CLI)", "blocked": "the account is blocked",
 }
 AUDIT_OUTCOMES = {"success": "Succeeded", "failure": "Failed"}
 

@@ -11,6 +11,7 @@ from domain.addresses import normalise_email
 from domain.audit import record
 from domain.directory import get_organization, organization_for_domain, set_email, users_by_email
 from domain.errors import InvalidInput, SignInFailed, Throttled
+from domain.members import blocked_refusal
 from domain.policy import Actor, require_admin
 from domain.profiles import scrub_deleted
 from domain.races import commit_or_conflict
@@ -131,6 +132,10 @@ def password_sign_in(raw_email: str, password: str, *, client: str | None, state
         raise SignInFailed("The email or password is not right.")
     throttles.clear(limit, *pair)
     org = user.organization
+    if user.blocked:
+        record("sign_in", "failure", org=org, actor=user, detail="blocked")
+        db.session.commit()
+        raise blocked_refusal(org)
     user.last_sign_in_at = utcnow()
     record("sign_in", "success", org=org, actor=user, detail="password")
     start_session(user, "password", state)

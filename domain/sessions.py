@@ -34,9 +34,10 @@ def current_sid_hash(state: State) -> str | None:
     return sid_hash(state.get("sid"))
 
 
-def start_session(user: User, method: str, state: State) -> str:
+def start_session(user: User, method: str, state: State, *, entra_sid: str | None = None) -> str:
     """Record a new server-side session and put its id in a cleared `state` (the caller commits and rotates the
-    cookie); returns the id's hash. Sign-ins pending in other tabs stay usable (single-use, PKCE-bound)."""
+    cookie); returns the id's hash. Sign-ins pending in other tabs stay usable (single-use, PKCE-bound).
+    `entra_sid`: the ID token's `sid`, so a sign-out at Microsoft can end this session (front-channel logout)."""
     flows = state.get("flows")
     previous = current_sid_hash(state)
     if previous is not None:
@@ -45,7 +46,7 @@ def start_session(user: User, method: str, state: State) -> str:
     if isinstance(flows, dict):
         _keep(state, "flows", {k: v for k, v in flows.items() if fresh(v)})
     sid = secrets.token_urlsafe(32)
-    db.session.add(LoginSession(id=sid_hash(sid), user_id=user.id, method=method))
+    db.session.add(LoginSession(id=sid_hash(sid), user_id=user.id, method=method, entra_sid_hash=sid_hash(entra_sid)))
     state["sid"] = sid
     _sweep_now_and_then()  # sign-ins tidy up sessions nobody came back to
     return sid_hash(sid)
@@ -100,6 +101,19 @@ def end_session(state: State) -> str | None:
     return method
 
 
+def end_sessions_for_entra_sid(entra_sid: str, tenant_id: str | None = None) -> int:
+    """Front-channel logout: end every session started from that Microsoft session (of that tenant's users, when
+    given) and commit; returns how many ended."""
+    query = db.select(LoginSession.id).where(LoginSession.entra_sid_hash == sid_hash(entra_sid))
+    if tenant_id is not None:
+        query = query.join(User, User.id == LoginSession.user_id).where(User.tenant_id == tenant_id)
+    ended = sum(drop_login_session(hashed) for hashed in db.session.execute(query).scalars().all())
+    db.session.commit()
+    if ended:
+        scrub_deleted()
+    return ended
+
+
 def drop_login_session(hashed: str) -> bool:
     """Delete a server-side session and the profile copy held only for it (the caller commits); False if none."""
     db.session.execute(db.delete(StoredProfile).where(StoredProfile.kept == db.false(),
@@ -116,6 +130,16 @@ def _sweep_now_and_then() -> None:
     if last is None or now - last >= every:
         current_app.extensions["session_swept_at"] = now
         sweep_expired_sessions()
+
+
+def end_all_sessions(user_id: int) -> int:
+    """End every session of a user and the profile copies held only for them (the caller commits); return how many."""
+    theirs = db.select(LoginSession.id).where(LoginSession.user_id == user_id)
+    db.session.execute(db.delete(StoredProfile).where(StoredProfile.kept == db.false(),
+                                                      StoredProfile.session_id.in_(theirs)),
+                       execution_options={"synchronize_session": False})
+    return db.session.execute(db.delete(LoginSession).where(LoginSession.user_id == user_id),
+                              execution_options={"synchronize_session": False}).rowcount or 0
 
 
 def sweep_expired_sessions() -> tuple[int, int]:

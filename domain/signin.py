@@ -10,10 +10,12 @@ from domain.addresses import normalise_or_raw, org_emails
 from domain.audit import failures_recorded, record
 from domain.directory import Realm, user_email, users_by_email
 from domain.errors import InvalidInput, NotAllowed
+from domain.members import blocked_refusal, role_at_sign_in
 from domain.policy import Actor, require_admin
 from domain.profiles import store_profile
 from domain.races import bind_tenant, lock_organization, settle_races
-from domain.sessions import State, current_sid_hash, put_pending, remember_finished, start_session, take_pending
+from domain.sessions import (State, current_sid_hash, end_sessions_for_entra_sid, put_pending, remember_finished,
+                             start_session, take_pending)
 from models import LoginSession, Organization, StoredProfile, User, db, utcnow
 
 log = logging.getLogger(__name__)
@@ -91,12 +93,33 @@ def _sso_sign_in(org: Organization, result: entra.SignIn, state: State) -> User:
         user = _link_or_create(org, result)
     elif user.organization_id != org.id:
         raise NotAllowed("Your Microsoft account belongs to another organisation in this portal.")
+    if user.blocked:
+        raise blocked_refusal(org)  # rolled back and audited as `blocked` by failures_recorded
+    role_at_sign_in(org, user, result.claims)
     user.last_sign_in_at = utcnow()
-    sid_hash = start_session(user, "sso", state)
+    entra_sid = result.claims.get("sid")
+    sid_hash = start_session(user, "sso", state, entra_sid=entra_sid if isinstance(entra_sid, str) else None)
     store_profile(user, result, sid_hash)
     record("sign_in", "success", org=org, actor=user, detail="sso")
     db.session.commit()
     return user
+
+
+def front_channel_logout(sid: str | None, iss: str | None) -> int:
+    """Microsoft signed the user out: end the portal sessions of that Microsoft session (`sid`), only of the
+    issuer's tenant when `iss` is given. An unknown or missing `sid`, or a foreign `iss`, changes nothing."""
+    if not sid or len(sid) > 256:
+        log.info("Front-channel logout without a usable sid: nothing ended")
+        return 0
+    tenant_id = None
+    if iss is not None:
+        tenant_id = entra.client().tenant_of_issuer(iss)
+        if tenant_id is None:
+            log.warning("Front-channel logout with an issuer not of the authority (%r): nothing ended", iss[:200])
+            return 0
+    ended = end_sessions_for_entra_sid(sid, tenant_id)
+    log.info("Front-channel logout ended %d session(s)", ended)
+    return ended
 
 
 def _user_by_identity(tid: str, oid: str) -> User | None:

@@ -29,15 +29,19 @@ from . import Emulator
 @click.option("--redirect-uri", "redirect_uris", multiple=True, required=True,
               help="A redirect URI the portal may use; give both https://PORTAL/auth/callback and "
                    "https://PORTAL/auth/admin-consent/callback.")
+@click.option("--front-channel-logout-url", default=None,
+              help="The app's Front-channel logout URL (https://PORTAL/auth/front-channel-logout): the sign-out "
+                   "page loads it in an iframe for each session that signed in to the portal.")
 def main(host: str, port: int, cert: str, key: str, url: str | None, instance: str, client_id: str,
-         client_secret: str, redirect_uris: tuple[str, ...]) -> None:
+         client_secret: str, redirect_uris: tuple[str, ...], front_channel_logout_url: str | None) -> None:
     """Serve the Entra ID emulator (sign-in pages, v2 endpoints and Graph) over HTTPS."""
     url = (url or f"https://{host}:{port}").rstrip("/")
     if not url.startswith("https://"):
         raise click.UsageError("--url must be an https URL: MSAL and the portal accept nothing else.")
     emu = Emulator(instance, browser_url=url, login_url=url, graph_url=url + "/graph",
                    clients={client_id: {"secret": client_secret, "redirect_uris": list(redirect_uris),
-                                        "name": "Customer Portal (staging)"}})
+                                        "name": "Customer Portal (staging)",
+                                        "front_channel_logout_url": front_channel_logout_url}})
     try:
         server = make_server(host, port, emu.wsgi, threaded=True, ssl_context=(cert, key))
     except ssl.SSLError as e:

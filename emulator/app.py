@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from . import graph, pages, protocol
+from . import admin, graph, pages, protocol
 from .transport import GRAPH_PREFIX
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ def create_app(emu: "Emulator") -> Flask:
     app.json.sort_keys = False  # Graph clients may rely on Graph's property order
     app.extensions["entra_emulator"] = emu
     app.jinja_env.globals["csrf_token"] = pages.csrf_token
-    for module in (protocol, pages, graph):
+    for module in (protocol, pages, admin, graph):
         app.register_blueprint(module.bp)
     app.after_request(_security_headers)
     app.register_error_handler(HTTPException, _http_error)

@@ -30,6 +30,15 @@ class User:
 
 
 @dataclass
+class Group:
+    """A security group; `members` lists user oids (no nesting)."""
+
+    id: str
+    name: str
+    members: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Tenant:
     """A tenant; the switches here are defaults, the emulator's store overrides them."""
 
@@ -37,6 +46,7 @@ class Tenant:
     name: str
     domains: list[str]
     users: list[User] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
     users_may_consent: bool = True
     assignment_required: bool = False
     region: str = "NA"  # discovery's tenant_region_scope
@@ -70,6 +80,16 @@ class Directory:
 
     def user_by_oid(self, oid: str) -> User | None:
         return next((u for u in self.users if u.oid == oid), None)
+
+    def group(self, tid: str, id_or_name: str) -> Group | None:
+        """A group of the tenant by id or display name (case-insensitive)."""
+        tenant = self.tenant(tid)
+        key = (id_or_name or "").strip().lower()
+        return next((g for g in (tenant.groups if tenant else []) if key in (g.id, g.name.lower())), None)
+
+    def groups_of(self, user: User) -> list[Group]:
+        tenant = self.tenant(user.tid)
+        return [g for g in (tenant.groups if tenant else []) if user.oid in g.members]
 
     def email_domain_verified(self, user: User) -> bool:
         """True when the user's mail is in one of its tenant's verified domains (xms_edov)."""
@@ -152,6 +172,10 @@ def build_directory() -> Directory:
         _user(nw, "3d9a4f85-af4b-4a3e-8d8a-6b5c4ebf7a04", "jun.park@northwind.example", "member",
               "Jun", "Park", "External Consultant", "Northwind Traders", "Finance", nw_addr,
               mail="jun.park@partners.example", phone="+1 555 0104", language="ko-KR"),
+    ], groups=[
+        Group("8a1b2c3d-0e1f-4a2b-9c3d-4e5f6a7b8c01", "Sales team", ["1b7e2d63-8d2f-4e1c-8b68-4f3a2c9d5e02"]),
+        Group("8a1b2c3d-0e1f-4a2b-9c3d-4e5f6a7b8c02", "Operations",
+              ["2c8f3e74-9e3a-4f2d-9c79-5a4b3dae6f03", "3d9a4f85-af4b-4a3e-8d8a-6b5c4ebf7a04"]),
     ])
     fabrikam = Tenant(fb, "Fabrikam Research", ["fabrikam.example", "fabrikamresearch.example"],
                       region="EU", users=[
@@ -170,5 +194,8 @@ def build_directory() -> Directory:
               "Priya", "Nair", "Data Analyst", "Fabrikam Research", "Analytics", fb_addr,
               mail="priya.nair@fabrikamresearch.example", phone="+49 89 5550 103",
               mobile="+49 151 5550 103", office="Lab 2.03"),
+    ], groups=[
+        Group("9b2c3d4e-1f2a-4b3c-8d4e-5f6a7b8c9d01", "Materials lab",
+              ["5fbc6ba7-c16d-4c5a-8fac-8d7e6adb9c06", "60cd7cb8-d27e-4d6b-9abd-9e8f7bec0d07"]),
     ])
     return Directory([northwind, fabrikam])

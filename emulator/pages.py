@@ -124,7 +124,7 @@ def _advance(pending: dict, notice: str | None = None):
         return _page("admin_consent.html", pending, user=user, tenant=tenant, client=client)
 
     settings = emu.tenant_settings(user.tid)
-    if settings["assignment_required"] and user.oid not in settings["assigned"]:
+    if settings["assignment_required"] and not emu.is_assigned(user):
         return _redirect_error(
             pending, "access_denied", 50105,
             f"Your administrator has configured the application {client['name']} "
@@ -165,8 +165,12 @@ def _handle_post(kind: str, segment: str):
     step = request.form.get("step")
     if step == "signin":
         user = emu.directory.user_by_upn(request.form.get("username", ""))
-        if user is None:
+        if user is None or emu.user_state(user.oid) == "deleted":
             return _signin_page(pending, "Choose an account to sign in.")
+        if emu.user_state(user.oid) == "disabled":
+            return _error_page(50057, "The user account is disabled. The user object in Active Directory "
+                                      "backing this account has been disabled. An admin can re-enable this "
+                                      "account through PowerShell.")
         session["user"] = user.oid
         session["sid"] = tokens.new_guid()
         pending["signed_in"] = True
@@ -257,6 +261,9 @@ def _issue_code(pending: dict, user: "User"):
         "scopes": pending["scopes"], "oid": user.oid, "tid": user.tid,
         "sid": session.setdefault("sid", tokens.new_guid()),
     }, emu.now() + CODE_LIFETIME)
+    # The apps of this Microsoft session, with their tenant: sign-out loads their front-channel logout URLs.
+    apps = [a for a in session.get("apps", []) if a != [pending["client_id"], user.tid]]
+    session["apps"] = [*apps, [pending["client_id"], user.tid]][-8:]
     _drop_pending(pending)
     return redirect(_with_query(pending["redirect_uri"], {
         "code": code, "state": pending.get("state"), "session_state": session["sid"]}), 302)

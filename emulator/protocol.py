@@ -5,9 +5,9 @@ import hashlib
 import hmac
 import secrets
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
-from flask import Blueprint, Response, jsonify, redirect, render_template, request, session
+from flask import Blueprint, Response, jsonify, make_response, redirect, render_template, request, session
 
 from . import tokens
 from .answers import (LOGIN, client_not_found, current, describe, resolve_tenant, split_scopes,
@@ -92,14 +92,33 @@ def jwks(tenant: str):
 
 @bp.get("/<tenant>/oauth2/v2.0/logout")
 def logout(tenant: str):
+    """End the Microsoft session; frame the front-channel logout URL of each app signed in to in it (the app that
+    asked for the sign-out is sent back instead: it has signed itself out)."""
     emu = current()
+    sid, apps = session.get("sid"), session.get("apps", [])
     session.clear()
     target = request.args.get("post_logout_redirect_uri", "")
     origin = _origin(target)
-    if origin and any(_origin(uri) == origin for c in emu.clients.values()
-                      for uri in c["redirect_uris"]):
+    asking = next((cid for cid, c in emu.clients.items() for uri in c["redirect_uris"]
+                   if origin and _origin(uri) == origin), None)
+    frames = [_with_query(emu.clients[cid]["front_channel_logout_url"],
+                          {"sid": sid, "iss": f"{emu.login_url}/{tid}/v2.0"})
+              for cid, tid in apps
+              if cid != asking and sid and emu.clients.get(cid, {}).get("front_channel_logout_url")]
+    if asking and not frames:
         return redirect(target, 302)
-    return render_template("signed_out.html", title="You signed out of your account")
+    response = make_response(render_template("signed_out.html", title="You signed out of your account",
+                                             frames=frames, back=target if asking else None))
+    if frames:
+        sources = " ".join(sorted({"{0.scheme}://{0.netloc}".format(urlsplit(f)) for f in frames}))
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action *; "
+            f"frame-src {sources}")
+    return response
+
+
+def _with_query(uri: str, params: dict) -> str:
+    return uri + ("&" if "?" in uri else "?") + urlencode({k: v for k, v in params.items() if v})
 
 
 def _origin(uri: str) -> tuple | None:
@@ -227,6 +246,9 @@ def _id_token(client_id: str, user: "User", nonce: str | None, sid: str | None) 
     }
     if user.mail:
         claims["email"] = user.mail
+    roles = emu.roles_of(user, client_id)
+    if roles:
+        claims["roles"] = roles
     if nonce:
         claims["nonce"] = nonce
     for name, value in (emu.faults.get("id_token_claims") or {}).items():

@@ -27,6 +27,16 @@ CREATE TABLE IF NOT EXISTS admin_consents (
 CREATE TABLE IF NOT EXISTS tenant_settings (
     tid TEXT PRIMARY KEY, users_may_consent INTEGER, assignment_required INTEGER,
     assigned TEXT);
+CREATE TABLE IF NOT EXISTS app_role_assignments (
+    tid TEXT NOT NULL, client_id TEXT NOT NULL, principal_id TEXT NOT NULL, role TEXT NOT NULL,
+    PRIMARY KEY (tid, client_id, principal_id, role));
+CREATE TABLE IF NOT EXISTS user_states (oid TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS group_members (gid TEXT PRIMARY KEY, members TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS provisioning (
+    tid TEXT PRIMARY KEY, tenant_url TEXT, token TEXT, scope TEXT, external_id TEXT, last_cycle TEXT);
+CREATE TABLE IF NOT EXISTS provisioned (
+    tid TEXT NOT NULL, kind TEXT NOT NULL, oid TEXT NOT NULL, scim_id TEXT NOT NULL, members TEXT,
+    PRIMARY KEY (tid, kind, oid));
 """
 
 
@@ -175,3 +185,75 @@ class Store:
                 stored = json.dumps(list(value)) if column == "assigned" else int(bool(value))
                 # Column names come from our own keyword arguments, never from a request.
                 db.execute(f"UPDATE tenant_settings SET {column}=? WHERE tid=?", (stored, tid))
+
+    # -- app-role assignments (Enterprise applications -> the app -> Users and groups) --------------
+    def app_role_assignments(self, tid: str, client_id: str) -> list[tuple[str, str]]:
+        """(principal id, role value) pairs of the tenant's assignments for the app."""
+        return [(r["principal_id"], r["role"]) for r in self.query(
+            "SELECT principal_id, role FROM app_role_assignments WHERE tid=? AND client_id=? "
+            "ORDER BY principal_id, role", (tid, client_id))]
+
+    def set_app_role_assignment(self, tid: str, client_id: str, principal_id: str, role: str,
+                                assigned: bool) -> None:
+        with self.tx() as db:
+            if assigned:
+                db.execute("INSERT OR IGNORE INTO app_role_assignments (tid, client_id, principal_id, role) "
+                           "VALUES (?, ?, ?, ?)", (tid, client_id, principal_id, role))
+            else:
+                db.execute("DELETE FROM app_role_assignments WHERE tid=? AND client_id=? AND principal_id=? "
+                           "AND role=?", (tid, client_id, principal_id, role))
+    # -- directory changes: user states, group members ---------------------------
+    def user_state(self, oid: str) -> str | None:
+        rows = self.query("SELECT state FROM user_states WHERE oid=?", (oid,))
+        return rows[0]["state"] if rows else None
+
+    def set_user_state(self, oid: str, state: str) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO user_states (oid, state) VALUES (?, ?)", (oid, state))
+
+    def group_members(self, gid: str) -> list[str] | None:
+        rows = self.query("SELECT members FROM group_members WHERE gid=?", (gid,))
+        return json.loads(rows[0]["members"]) if rows else None
+
+    def set_group_members(self, gid: str, members: list[str]) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO group_members (gid, members) VALUES (?, ?)",
+                       (gid, json.dumps(list(members))))
+
+    # -- provisioning: credentials, last cycle, what was provisioned --------------
+    def provisioning(self, tid: str) -> dict:
+        rows = self.query("SELECT tenant_url, token, scope, external_id, last_cycle FROM provisioning WHERE tid=?",
+                          (tid,))
+        if not rows:
+            return {"tenant_url": None, "token": None, "scope": None, "external_id": None, "last_cycle": None}
+        row = dict(rows[0])
+        row["last_cycle"] = json.loads(row["last_cycle"]) if row["last_cycle"] else None
+        return row
+
+    def update_provisioning(self, tid: str, **changes) -> None:
+        """Set the given fields (tenant_url, token, scope, external_id, last_cycle); None leaves a field as it is."""
+        with self.tx() as db:
+            db.execute("INSERT OR IGNORE INTO provisioning (tid) VALUES (?)", (tid,))
+            for column, value in changes.items():
+                if value is None:
+                    continue
+                stored = json.dumps(value) if column == "last_cycle" else value
+                # Column names come from our own keyword arguments, never from a request.
+                db.execute(f"UPDATE provisioning SET {column}=? WHERE tid=?", (stored, tid))
+
+    def provisioned(self, tid: str, kind: str) -> dict[str, dict]:
+        """What a cycle provisioned: {oid: {"scim_id", "members"}} for kind "user" or "group"."""
+        rows = self.query("SELECT oid, scim_id, members FROM provisioned WHERE tid=? AND kind=?", (tid, kind))
+        return {r["oid"]: {"scim_id": r["scim_id"],
+                           "members": json.loads(r["members"]) if r["members"] else []} for r in rows}
+
+    def set_provisioned(self, tid: str, kind: str, oid: str, scim_id: str | None,
+                        members: list[str] | None = None) -> None:
+        """Remember (or, with scim_id None, forget) the target's id of a user or group."""
+        with self.tx() as db:
+            if scim_id is None:
+                db.execute("DELETE FROM provisioned WHERE tid=? AND kind=? AND oid=?", (tid, kind, oid))
+                return
+            db.execute("INSERT OR REPLACE INTO provisioned (tid, kind, oid, scim_id, members) "
+                       "VALUES (?, ?, ?, ?, ?)",
+                       (tid, kind, oid, scim_id, json.dumps(sorted(members)) if members is not None else None))

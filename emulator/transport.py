@@ -55,34 +55,55 @@ class EmulatorAdapter(BaseAdapter):
         else:
             raise requests.exceptions.ConnectionError(
                 f"The Entra emulator does not serve {host}", request=request)
-        body = request.body or b""
-        if isinstance(body, str):
-            body = body.encode("utf-8")
-        headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
-        environ = EnvironBuilder(path=path, base_url=f"https://{parts.netloc}",
-                                 method=request.method, headers=headers, data=body,
-                                 query_string=parts.query).get_environ()
-        app_iter, status, response_headers = run_wsgi_app(self.emulator.wsgi, environ,
-                                                          buffered=True)
-        try:
-            content = b"".join(app_iter)
-        finally:
-            getattr(app_iter, "close", lambda: None)()
-
-        response = requests.Response()
-        code, _, reason = status.partition(" ")
-        response.status_code = int(code)
-        response.reason = reason
-        response.headers = CaseInsensitiveDict(list(response_headers.items()))
-        response._content = content
-        response.url = request.url
-        response.request = request
-        response.encoding = get_encoding_from_headers(response.headers)
-        response.connection = self
-        return response
+        return call_wsgi(self.emulator.wsgi, request, path, self)
 
     def close(self) -> None:
         pass
+
+
+class WSGIAdapter(BaseAdapter):
+    """Answer a session's requests from any WSGI app in-process (the provisioning service's tests mount the
+    SCIM app they provision to this way)."""
+
+    def __init__(self, app) -> None:
+        super().__init__()
+        self.app = app
+
+    def send(self, request: requests.PreparedRequest, stream: bool = False, timeout=None,
+             verify=True, cert=None, proxies=None) -> requests.Response:
+        return call_wsgi(self.app, request, urlsplit(request.url).path, self)
+
+    def close(self) -> None:
+        pass
+
+
+def call_wsgi(app, request: requests.PreparedRequest, path: str, adapter: BaseAdapter) -> requests.Response:
+    """Run one PreparedRequest through a WSGI app at `path` and build the requests.Response."""
+    parts = urlsplit(request.url)
+    body = request.body or b""
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
+    environ = EnvironBuilder(path=path, base_url=f"{parts.scheme}://{parts.netloc}",
+                             method=request.method, headers=headers, data=body,
+                             query_string=parts.query).get_environ()
+    app_iter, status, response_headers = run_wsgi_app(app, environ, buffered=True)
+    try:
+        content = b"".join(app_iter)
+    finally:
+        getattr(app_iter, "close", lambda: None)()
+
+    response = requests.Response()
+    code, _, reason = status.partition(" ")
+    response.status_code = int(code)
+    response.reason = reason
+    response.headers = CaseInsensitiveDict(list(response_headers.items()))
+    response._content = content
+    response.url = request.url
+    response.request = request
+    response.encoding = get_encoding_from_headers(response.headers)
+    response.connection = adapter
+    return response
 
 
 def _read_timeout(timeout) -> float | None:

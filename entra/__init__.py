@@ -17,8 +17,8 @@ import warnings
 import requests
 from flask import Flask, current_app
 
-from .client import (ADMIN_CONSENT_CALLBACK_PATH, ADMIN_CONSENT_SCOPE, CALLBACK_PATH, DISCOVERY_PATH, SCOPES,
-                     AdminConsent, EntraClient, SignIn, parse_admin_consent)
+from .client import (ADMIN_CONSENT_CALLBACK_PATH, ADMIN_CONSENT_SCOPE, CALLBACK_PATH, DISCOVERY_PATH,
+                     FRONT_CHANNEL_LOGOUT_PATH, SCOPES, AdminConsent, EntraClient, SignIn, parse_admin_consent)
 from .errors import EntraError, aadsts_code, explain, explain_admin_consent
 from .graph import MAX_PHOTO, PROFILE_FIELDS, photo_type
 from .idtoken import PERSONAL_TENANT
@@ -26,7 +26,7 @@ from .idtoken import PERSONAL_TENANT
 log = logging.getLogger(__name__)  # the parent of every module's logger here
 
 __all__ = [
-    "ADMIN_CONSENT_CALLBACK_PATH", "ADMIN_CONSENT_SCOPE", "CALLBACK_PATH", "DISCOVERY_PATH", "MAX_PHOTO",
+    "ADMIN_CONSENT_CALLBACK_PATH", "ADMIN_CONSENT_SCOPE", "CALLBACK_PATH", "DISCOVERY_PATH", "FRONT_CHANNEL_LOGOUT_PATH", "MAX_PHOTO",
     "PERSONAL_TENANT", "PROFILE_FIELDS", "SCOPES", "AdminConsent", "EntraClient", "EntraError", "SignIn",
     "aadsts_code", "client", "explain", "explain_admin_consent", "get_http", "init_app", "parse_admin_consent",
     "photo_type",

@@ -20,9 +20,11 @@ log = logging.getLogger(__name__)
 
 CALLBACK_PATH = "/auth/callback"
 ADMIN_CONSENT_CALLBACK_PATH = "/auth/admin-consent/callback"
+FRONT_CHANNEL_LOGOUT_PATH = "/auth/front-channel-logout"  # the app registration's Front-channel logout URL
 DISCOVERY_PATH = "/v2.0/.well-known/openid-configuration"  # under the authority
 SCOPES = ["User.Read"]
 ADMIN_CONSENT_SCOPE = "https://graph.microsoft.com/.default"
+_ISSUER_PATH = re.compile(r"/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/v2\.0")
 
 
 @dataclass
@@ -202,6 +204,13 @@ class EntraClient:
         query = urlencode({"client_id": self.client_id, "scope": ADMIN_CONSENT_SCOPE,
                            "redirect_uri": self.admin_consent_redirect_uri, "state": state})
         return f"{self.browser_base()}/{tenant_id}/v2.0/adminconsent?{query}"
+
+    def tenant_of_issuer(self, iss: str) -> str | None:
+        """The tenant a v2 issuer names (`{authority host}/{tid}/v2.0`, as front-channel logout sends it), or None."""
+        parts = urlsplit(self.authority)
+        prefix = f"{parts.scheme}://{parts.netloc}"
+        found = _ISSUER_PATH.fullmatch(iss[len(prefix):]) if iss.startswith(prefix) else None
+        return found.group(1) if found else None
 
     def logout_url(self, post_logout_path: str = "/login") -> str | None:
         """Entra's sign-out URL, or None when it cannot be had (local sign-out has happened anyway)."""

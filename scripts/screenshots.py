@@ -36,6 +36,7 @@ PAGES = {
     "settings-audit": "13-audit-log.png",
     "audit-360": "14-audit-log-360px.png",
     "login-invalid-email": "15-login-inline-error.png",
+    "settings-users": "16-users.png",
 }
 
 
@@ -75,6 +76,7 @@ def main() -> None:
         walk.page.wait_for_url(lambda url: "/_entra/" not in url)
         walk.at("Settings", "security-admin-consent")
         walk.click("AUDIT LOG", role="link").at("Settings", "settings-audit")
+        walk.click("USERS", role="link").at("Settings", "settings-users")
 
         admin_phone = browser.new_context(viewport={"width": 360, "height": 740}, java_script_enabled=False)
         walk = Walk(admin_phone.new_page(), portal, on_arrive=shoot)

@@ -10,6 +10,8 @@ It reaches each host's WSGI app in-process and, like Chromium:
   with Chromium's two-minute "Lax+POST" allowance); `SameSite=Lax` cookies go with cross-site top-level GETs only;
 - honours HSTS (http:// becomes https:// for hosts that sent it) and blocks form submissions, redirects
   included, that the page's CSP `form-action` does not allow;
+- loads a page's iframes (one level) with third-party cookies blocked, under the page's CSP `frame-src` and the
+  answer's `frame-ancestors` / `X-Frame-Options`;
 - submits forms found in the page's HTML (action, method, hidden fields such as the CSRF token, the submitter's
   name and value) and keeps the current page when a response is a download.
 
@@ -28,7 +30,7 @@ from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 from werkzeug.datastructures import Headers
 from werkzeug.test import Client
 
-from helpers import forms
+from helpers import form_data, forms
 
 POLICIES = {"no-referrer", "no-referrer-when-downgrade", "same-origin", "origin", "strict-origin",
             "origin-when-cross-origin", "strict-origin-when-cross-origin", "unsafe-url"}
@@ -130,15 +132,42 @@ def origin_header(origin: tuple[str, str, int], tainted: bool, policy: str, curr
     return value
 
 
+def _directive(csp: str | None, *names: str) -> list[str] | None:
+    """The sources of the first of `names` (a directive and its fallbacks) the policy has, or None."""
+    found = {}
+    for directive in (csp or "").split(";"):
+        name, *values = directive.split() or [""]
+        found.setdefault(name.lower(), values)
+    return next((found[n] for n in names if n in found), None)
+
+
 def form_action_allows(csp: str | None, page_url: str, target: str) -> bool:
     """Whether a page's CSP `form-action` lets a form go to `target` (for the source forms the portal uses)."""
-    sources = None
-    for directive in (csp or "").split(";"):
-        name, *values = directive.split()
-        if name.lower() == "form-action":
-            sources = values
-    if sources is None:
-        return True
+    sources = _directive(csp, "form-action")
+    return sources is None or _sources_allow(sources, page_url, target)
+
+
+def frame_src_allows(csp: str | None, page_url: str, target: str) -> bool:
+    """Whether a page's CSP lets it load `target` in an iframe (frame-src, else child-src, else default-src)."""
+    sources = _directive(csp, "frame-src", "child-src", "default-src")
+    return sources is None or _sources_allow(sources, page_url, target)
+
+
+def may_be_framed(headers: Headers, url: str, ancestors: list[str]) -> bool:
+    """Whether a response lets the pages `ancestors` (URLs) frame it: CSP frame-ancestors, else X-Frame-Options."""
+    sources = _directive(headers.get("Content-Security-Policy"), "frame-ancestors")
+    if sources is not None:
+        return all(_sources_allow(sources, url, ancestor) for ancestor in ancestors)
+    option = (headers.get("X-Frame-Options") or "").strip().lower()
+    if option == "deny":
+        return False
+    if option == "sameorigin":
+        return all(origin_of(ancestor) == origin_of(url) for ancestor in ancestors)
+    return True
+
+
+def _sources_allow(sources: list[str], page_url: str, target: str) -> bool:
+    """Whether a CSP source list (of the kinds the portal and the emulator use) matches `target`."""
     t_scheme, t_host, t_port = origin_of(target)
     for source in sources:
         if source == "*":
@@ -156,6 +185,17 @@ def form_action_allows(csp: str | None, page_url: str, target: str) -> bool:
             if origin_of(source) == (t_scheme, t_host, t_port):
                 return True
     return False
+
+
+class _Frames(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        src = dict(attrs).get("src")
+        if tag == "iframe" and src:
+            self.sources.append(src)
 
 
 # -- cookies --------------------------------------------------------------------------------------
@@ -302,6 +342,7 @@ class Page:
     status: int
     headers: Headers
     body: bytes
+    frames: list["Frame"] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -317,6 +358,16 @@ class Page:
 
     def __contains__(self, text: str) -> bool:
         return text in self.text
+
+
+@dataclass
+class Frame:
+    """An iframe of a page: the URL its src led to, the answer's status, and whether the browser showed it (the
+    page's CSP let it load it and the answer let the page frame it); `blocked` says which refused."""
+    url: str
+    status: int
+    shown: bool
+    blocked: str | None = None
 
 
 @dataclass
@@ -360,21 +411,9 @@ class Browser:
             for name, value, label in form["buttons"]:
                 if label != button:
                     continue
-                data = dict(form["fields"])
-                for rname, options in form["radios"].items():
-                    chosen = [v for v, checked in options if checked]
-                    if radio and rname in radio:
-                        data[rname] = radio[rname]
-                    elif chosen:
-                        data[rname] = chosen[0]
-                for cname, (cvalue, checked) in form["checkboxes"].items():
-                    if (checks or {}).get(cname, checked):
-                        data[cname] = cvalue
                 unknown = set(fields or {}) - set(form["fields"])
                 assert not unknown, f"a person can only fill fields the form has, not {sorted(unknown)}"
-                data.update(fields or {})
-                if name:
-                    data[name] = value
+                data = form_data(form, name, value, fields=fields, checks=checks, radio=radio)
                 action = urljoin(page.url, form["action"] or page.url)
                 csp = page.headers.get("Content-Security-Policy")
                 if form["method"] == "post":
@@ -440,11 +479,46 @@ class Browser:
             if "attachment" in response.headers.get("Content-Disposition", ""):
                 self.download = page  # a download leaves the current page where it is
                 return page
+            page.frames = self._load_frames(page)
             self.page = page
             return page
         raise AssertionError(f"too many redirects, last {url}")
 
-    def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | None):
+    def _load_frames(self, page: Page) -> list[Frame]:
+        """Load the page's iframes (one level) as Chromium does with third-party cookies blocked: a frame of another
+        site than the page gets no cookies and sets none; redirects are followed; the answer's frame-ancestors (or
+        X-Frame-Options) decide whether it is shown, but the request has been made either way."""
+        parser = _Frames()
+        parser.feed(page.text)
+        frames = []
+        for src in parser.sources:
+            url = self._upgrade(urljoin(page.url, src))
+            if not frame_src_allows(page.headers.get("Content-Security-Policy"), page.url, url):
+                frames.append(Frame(url, 0, False, "the page's CSP frame-src"))
+                continue
+            referrer, policy = page.url, page.policy
+            for _ in range(20):
+                first_party = site_of(url) == site_of(page.url)
+                headers = {"User-Agent": USER_AGENT, "Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+                referrer = determine_referrer(referrer, policy, url) if referrer else None
+                if referrer:
+                    headers["Referer"] = referrer
+                cookie = self.jar.header_for(url, same_site=True, method="GET") if first_party else None
+                if cookie:
+                    headers["Cookie"] = cookie
+                response = self._send("GET", url, headers, None, store_cookies=first_party)
+                location = response.headers.get("Location")
+                if response.status_code in (301, 302, 303, 307, 308) and location:
+                    policy = parse_policy(response.headers.get("Referrer-Policy")) or policy
+                    url = self._upgrade(urljoin(url, location))
+                    continue
+                shown = may_be_framed(response.headers, url, [page.url])
+                frames.append(Frame(url, response.status_code, shown, None if shown else "the answer's framing rules"))
+                break
+        return frames
+
+    def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | None, *,
+              store_cookies: bool = True):
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
         if host not in self.sites:
@@ -458,7 +532,7 @@ class Browser:
         response.get_data()
         response.close()
         sent.status = response.status_code
-        for header in response.headers.getlist("Set-Cookie"):
+        for header in response.headers.getlist("Set-Cookie") if store_cookies else ():
             self.jar.set_from(header, url)
         hsts = response.headers.get("Strict-Transport-Security")
         if hsts and parts.scheme == "https":

@@ -138,7 +138,8 @@ def prod_emulator(prod_app, tmp_path):
     emu = Emulator(str(tmp_path / "entra"), browser_url="https://login.microsoftonline.com", clients={
         PRODUCTION["ENTRA_CLIENT_ID"]: {
             "secret": PRODUCTION["ENTRA_CLIENT_SECRET"], "name": "Customer Portal",
-            "redirect_uris": [base + entra.CALLBACK_PATH, base + entra.ADMIN_CONSENT_CALLBACK_PATH]}})
+            "redirect_uris": [base + entra.CALLBACK_PATH, base + entra.ADMIN_CONSENT_CALLBACK_PATH],
+            "front_channel_logout_url": base + entra.FRONT_CHANNEL_LOGOUT_PATH}})
     emu.mount(entra.get_http(prod_app))
     return emu
 

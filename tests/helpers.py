@@ -85,25 +85,33 @@ def forms(html: str | bytes) -> list[dict]:
     return parser.forms
 
 
+def form_data(form: dict, name: str | None, value: str | None, *, fields: dict | None = None,
+              checks: dict | None = None, radio: dict | None = None) -> dict:
+    """What a browser sends for `form` when its button (`name`, `value`) is pressed: fields, the chosen radio
+    buttons, the ticked boxes (as `checks` sets them), what the test typed (`fields`) and the button itself."""
+    data = dict(form["fields"])
+    for rname, options in form["radios"].items():
+        chosen = [v for v, checked in options if checked]
+        if radio and rname in radio:
+            data[rname] = radio[rname]
+        elif chosen:
+            data[rname] = chosen[0]
+    for cname, (cvalue, checked) in form["checkboxes"].items():
+        if (checks or {}).get(cname, checked):
+            data[cname] = cvalue
+    data.update(fields or {})
+    if name:
+        data[name] = value
+    return data
+
+
 def submit(client, response, button: str, *, fields: dict | None = None, checks: dict | None = None,
            radio: dict | None = None, follow_redirects: bool = False):
     """Submit the form of `response` that has a button labelled `button`, like a browser would."""
     for form in forms(response.data):
         for name, value, label in form["buttons"]:
             if label == button:
-                data = dict(form["fields"])
-                for rname, options in form["radios"].items():
-                    chosen = [v for v, checked in options if checked]
-                    if radio and rname in radio:
-                        data[rname] = radio[rname]
-                    elif chosen:
-                        data[rname] = chosen[0]
-                for cname, (cvalue, checked) in form["checkboxes"].items():
-                    if (checks or {}).get(cname, checked):
-                        data[cname] = cvalue
-                data.update(fields or {})
-                if name:
-                    data[name] = value
+                data = form_data(form, name, value, fields=fields, checks=checks, radio=radio)
                 action = form["action"] or urlsplit(response.request.url).path
                 if form["method"] == "post":
                     return client.post(action, data=data, follow_redirects=follow_redirects)

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from browsing import CookieJar, determine_referrer, form_action_allows, origin_header, origin_of
+from werkzeug.datastructures import Headers
+
+from browsing import (CookieJar, determine_referrer, form_action_allows, frame_src_allows, may_be_framed,
+                      origin_header, origin_of)
 
 PAGE = "https://portal.example.com/settings/security?page=2#audit"
 SAME = "https://portal.example.com/logout"
@@ -83,3 +86,31 @@ def test_same_site_and_path_rules():
 def test_form_action(target, allowed):
     csp = "default-src 'self'; form-action 'self' https://login.microsoftonline.com"
     assert form_action_allows(csp, "https://portal.example.com/", target) is allowed
+
+
+@pytest.mark.parametrize("csp, target, allowed", [
+    ("default-src 'self'", "https://login.microsoftonline.com/x", True),
+    ("default-src 'self'", "https://portal.example.com/", False),
+    ("default-src 'self'; frame-src https://portal.example.com", "https://portal.example.com/a", True),
+    ("default-src 'self'; frame-src https://portal.example.com", "https://evil.example/", False),
+    (None, "https://evil.example/", True),
+])
+def test_frame_src(csp, target, allowed):
+    assert frame_src_allows(csp, "https://login.microsoftonline.com/logout", target) is allowed
+
+
+@pytest.mark.parametrize("headers, ancestor, allowed", [
+    ({"Content-Security-Policy": "frame-ancestors 'none'"}, "https://portal.example.com/", False),
+    ({"Content-Security-Policy": "frame-ancestors 'self'"}, "https://portal.example.com/", True),
+    ({"Content-Security-Policy": "frame-ancestors 'self'"}, "https://login.microsoftonline.com/", False),
+    ({"Content-Security-Policy": "default-src 'self'; frame-ancestors https://login.microsoftonline.com"},
+     "https://login.microsoftonline.com/logout", True),
+    ({"Content-Security-Policy": "frame-ancestors https://login.microsoftonline.com", "X-Frame-Options": "DENY"},
+     "https://login.microsoftonline.com/logout", True),  # frame-ancestors wins over X-Frame-Options
+    ({"X-Frame-Options": "DENY"}, "https://portal.example.com/", False),
+    ({"X-Frame-Options": "SAMEORIGIN"}, "https://portal.example.com/", True),
+    ({"X-Frame-Options": "SAMEORIGIN"}, "https://login.microsoftonline.com/", False),
+    ({}, "https://evil.example/", True),
+])
+def test_framing(headers, ancestor, allowed):
+    assert may_be_framed(Headers(headers), "https://portal.example.com/page", [ancestor]) is allowed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from domain import auditlog, consent, directory, passwords, policy, profiles, signin
+from domain import auditlog, consent, directory, members, passwords, policy, profiles, signin
 from domain.errors import NotAllowed
 from helpers import PASSWORD
 from models import AuditEvent, db
@@ -17,7 +17,18 @@ SERVICES = {
     "rename": lambda org, actor: directory.rename_organization(org, "Someone Else's", actor),
     "add domain": lambda org, actor: directory.add_domain(org, "taken-over.example", actor),
     "audit log": lambda org, actor: auditlog.audit_page(org, 1, actor),
+    "users tab": lambda org, actor: members.members_page(org, 1, actor),
+    "a user": lambda org, actor: members.member(org, _omar().id, actor),
+    "make admin": lambda org, actor: members.set_role(org, _omar(), "admin", actor),
+    "block": lambda org, actor: members.set_blocked(org, _omar(), True, actor),
+    "sign out everywhere": lambda org, actor: members.sign_out_everywhere(org, _omar(), actor),
+    "remove": lambda org, actor: members.remove(org, _omar(), actor),
+    "admins from Entra": lambda org, actor: members.set_admins_from_entra(org, True, actor),
 }
+
+
+def _omar():
+    return directory.users_by_email("omar.haddad@northwind.example")[0]
 
 
 @pytest.fixture
@@ -41,6 +52,8 @@ def test_only_the_organisations_admins_may(app, people, service, who):
         org = directory.get_organization("Northwind Traders")
         assert org.name == "Northwind Traders" and {d.name for d in org.domains} == {"northwind.example"}
         assert db.session.scalar(db.select(db.func.count()).select_from(AuditEvent)) == before
+        omar = _omar()
+        assert (omar.role, omar.blocked, org.admins_from_entra) == ("member", False, False)
 
 
 @pytest.mark.parametrize("service", SERVICES)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from browsing import may_be_framed
 from helpers import NORTHWIND_TID, PASSWORD
 
 ADMIN = "admin@northwind.example"
@@ -132,6 +133,23 @@ def test_sso_sign_out_goes_through_microsoft_and_back(prod_browser):
     assert again.url.startswith(PORTAL + "/login") and "Sales Manager" not in again
 
 
+def test_sign_out_at_microsoft_reaches_the_portal_through_a_cookieless_iframe(prod_app, prod_browser):
+    _activate(prod_browser)
+    assert prod_browser.sso_sign_in(MEMBER).url == PORTAL + "/"
+    page = prod_browser.goto(MICROSOFT + "/organizations/oauth2/v2.0/logout")  # as from another Microsoft app
+    assert "You signed out of your account" in page
+    [frame] = page.frames
+    assert frame.url.startswith(PORTAL + "/auth/front-channel-logout?sid=") and "iss=" in frame.url
+    assert frame.status == 200 and frame.shown, frame.blocked
+    sent = next(s for s in prod_browser.sent if s.url == frame.url)
+    assert "Cookie" not in sent.headers and "Referer" not in sent.headers  # third-party: no __Host- cookie
+    again = prod_browser.open("/profile/")
+    assert again.url.startswith(PORTAL + "/login") and "Sales Manager" not in again
+    # Any other portal page in that iframe would not be shown (frame-ancestors 'none', X-Frame-Options DENY).
+    login = prod_browser.open("/login")
+    assert not may_be_framed(login.headers, login.url, [MICROSOFT + "/organizations/oauth2/v2.0/logout"])
+
+
 def test_admin_turns_stored_profiles_off_and_on(prod_browser):
     _activate(prod_browser)
     prod_browser.sso_sign_in(MEMBER)
@@ -189,3 +207,24 @@ def test_a_form_on_another_site_cannot_sign_the_user_out(prod_app, prod_emulator
     assert sent.headers["Origin"] == "https://evil.example" and "Cookie" not in sent.headers  # SameSite=Lax
     assert refused.status == 400 and "Form expired" in refused
     assert browser.open("/profile/").status == 200  # still signed in
+
+
+def test_admin_finds_and_blocks_a_member_on_the_users_tab(prod_app, prod_emulator, prod_browser):
+    from browsing import PortalBrowser
+
+    _activate(prod_browser)
+    member = PortalBrowser({"portal.example.com": prod_app, "login.microsoftonline.com": prod_emulator.wsgi}, PORTAL)
+    assert member.sso_sign_in(MEMBER).url == PORTAL + "/"
+    prod_browser.sign_in_locally(ADMIN, PASSWORD, password_link=True)
+    prod_browser.open("/settings/users")
+    found = prod_browser.submit("Find", fields={"email": MEMBER})
+    assert found.url.startswith(PORTAL + "/settings/users?email=") and found.text.count(MEMBER) >= 1
+    assert ADMIN + "</td>" not in found
+    blocked = prod_browser.submit("Block")
+    (post,) = [s for s in prod_browser.sent if s.method == "POST" and s.url.endswith("/block")]
+    assert post.headers["Origin"] == PORTAL and post.headers["Referer"].startswith(PORTAL + "/settings/users")
+    assert blocked.url == PORTAL + "/settings/users" and "is blocked; 1 session ended." in prod_browser.flash()
+    again = member.open("/profile/")
+    assert again.url.startswith(PORTAL + "/login") and "Sales Manager" not in again
+    refused = member.sso_sign_in(MEMBER)
+    assert refused.status == 403 and "Your account is blocked" in refused

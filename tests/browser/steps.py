@@ -205,3 +205,16 @@ class Walk:
         self.click("Sign out")
         self.page.wait_for_url(re.compile(r"/login"))
         return self.at("Sign in", "signed-out")
+
+    # -- Settings → USERS ---------------------------------------------------------------------------
+
+    def open_users(self) -> "Walk":
+        """Settings (top right) → the USERS tab."""
+        self.click("Settings", role="link").at("Settings", "settings-general")
+        return self.click("USERS", role="link").at("Settings", "settings-users")
+
+    def user_action(self, email: str, button: str) -> "Walk":
+        """Press `button` in the USERS row of `email`; back on the USERS tab."""
+        row = self.page.locator("table.users tbody tr").filter(has_text=email)
+        row.get_by_role("button", name=button, exact=True).click()
+        return self.at("Settings", "settings-users-after")

@@ -19,7 +19,9 @@ LOGIN = "https://login.microsoftonline.com"
 TOKEN_URL = f"{LOGIN}/organizations/oauth2/v2.0/token"
 NW = "6f1c2d3e-4a5b-4c7d-8e9f-0a1b2c3d4e5f"
 FB = "b2e4d6f8-1a3c-4e5a-9b7d-c9e1f3a5b7d9"
-CLIENTS = {CLIENT_ID: {"secret": SECRET, "redirect_uris": [REDIRECT], "name": "Contoso Portal"}}
+FRONT_CHANNEL = "http://localhost/auth/front-channel-logout"
+CLIENTS = {CLIENT_ID: {"secret": SECRET, "redirect_uris": [REDIRECT], "name": "Contoso Portal",
+                       "front_channel_logout_url": FRONT_CHANNEL}}
 
 
 def make_emulator(folder, seed_path):
