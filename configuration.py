@@ -43,8 +43,8 @@ def defaults() -> dict[str, Any]:
         ENTRA_AUTHORITY=DEFAULT_AUTHORITY,
         GRAPH_ENDPOINT="https://graph.microsoft.com/v1.0",
         ENTRA_TIMEOUT=10.0,
-        ENTRA_CA_BUNDLE=None,
-        ENTRA_TRUST_ENV=True,  # False: outbound calls ignore HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE, .netrc  # a PEM file of CAs for outbound calls instead of the system's (a staging emulator)
+        ENTRA_CA_BUNDLE=None,  # a PEM file of CAs for outbound calls instead of the system's (a staging emulator)
+        ENTRA_TRUST_ENV=True,  # False: outbound calls ignore HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE, .netrc
         ENCRYPTION_KEYS=None,
         ENCRYPTION_KEY_FILE=None,
         DEMO_MODE=False,
