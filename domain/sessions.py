@@ -78,7 +78,8 @@ def session_user(state: State, user_id: str) -> User | None:
         return None
     now = utcnow()
     cfg = current_app.config
-    if (now - last_seen_at > timedelta(minutes=cfg["SESSION_IDLE_MINUTES"])
+    # Blocking ends a user's sessions; this also ends one a sign-in created while the block was being saved.
+    if (user.blocked or now - last_seen_at > timedelta(minutes=cfg["SESSION_IDLE_MINUTES"])
             or now - created_at > timedelta(hours=cfg["SESSION_MAX_HOURS"])):
         drop_login_session(hashed)
         db.session.commit()

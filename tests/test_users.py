@@ -166,6 +166,17 @@ def test_block_ends_sessions_and_refuses_the_password_step(app, client, northwin
     assert [a for a in ("user_blocked", "user_unblocked") if _events(app, a)] == ["user_blocked", "user_unblocked"]
 
 
+def test_a_session_that_outlived_its_block_is_refused(app, client, northwind):
+    # A sign-in that passed its blocked check just before the block was saved still created a session.
+    member_id = _member(app)
+    password_sign_in(client, "member@northwind.example")
+    with app.app_context():
+        db.session.execute(db.update(User).where(User.id == member_id).values(blocked=True))
+        db.session.commit()
+    resp = client.get("/profile/")
+    assert resp.status_code == 302 and "/login" in resp.headers["Location"]
+
+
 def test_a_blocked_microsoft_user_is_refused_at_the_callback(app, client, active):
     first = _client(app)
     sso_sign_in(first, "lena.fischer@northwind.example")
