@@ -10,7 +10,7 @@ import tempfile
 
 from playwright.sync_api import Page, sync_playwright
 
-from commands import DEMO_PASSWORD
+from demo import DEMO_PASSWORD
 from tests.browser.live import LivePortal, launch_chromium
 from tests.browser.steps import Walk
 

@@ -165,7 +165,7 @@ def test_demo_on_another_port_works_end_to_end(tmp_path):
             except requests.ConnectionError:
                 assert server.poll() is None, server.stdout.read()
                 time.sleep(0.1)
-        from commands import DEMO_PASSWORD
+        from demo import DEMO_PASSWORD
         from helpers import activate_sso
 
         # Local sign-in, Activate SSO, the emulated Microsoft pages on this port, and back to the callback.

@@ -57,7 +57,7 @@ def portal(tmp_path):
 @pytest.fixture
 def northwind_sso(portal):
     """Northwind with SSO activated by its admin (through the real routes, in-process: it is set-up here)."""
-    from commands import DEMO_PASSWORD
+    from demo import DEMO_PASSWORD
     from helpers import activate_sso, sign_out
 
     client = portal.app.test_client()

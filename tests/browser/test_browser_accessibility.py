@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from commands import DEMO_PASSWORD
+from demo import DEMO_PASSWORD
 
 MEMBER = "lena.fischer@northwind.example"
 

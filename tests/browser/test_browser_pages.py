@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from commands import DEMO_PASSWORD
+from demo import DEMO_PASSWORD
 
 ADMIN = "admin@northwind.example"
 MEMBER = "lena.fischer@northwind.example"

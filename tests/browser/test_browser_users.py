@@ -5,7 +5,7 @@ import re
 
 from playwright.sync_api import expect
 
-from commands import DEMO_PASSWORD
+from demo import DEMO_PASSWORD
 from tests.browser.conftest import new_walk
 
 ADMIN = "admin@northwind.example"

@@ -6,7 +6,7 @@ import re
 
 from playwright.sync_api import expect
 
-from commands import DEMO_PASSWORD
+from demo import DEMO_PASSWORD
 from helpers import NORTHWIND_TID
 
 ADMIN = "admin@northwind.example"
