@@ -63,7 +63,7 @@ class DatabaseStorage(Storage, MovingWindowSupport):
             return False
         together = g.get("throttle_counting") if has_app_context() else None
         if together is not None:
-            return self._acquire(together, key, limit, expiry, amount)
+            return self._acquire(together.connection(), key, limit, expiry, amount)
         with db.engine.begin() as conn:
             return self._acquire(conn, key, limit, expiry, amount)
 
@@ -121,24 +121,38 @@ class DatabaseStorage(Storage, MovingWindowSupport):
 def counting_together() -> Iterator[None]:
     """Count every limit acquired inside in one transaction: one commit per request instead of one per limit.
 
-    Committed also when a limit refuses (the counts before it stay, as when each was its own transaction) and
-    rolled back only on a database error. Limits are always taken in the same order (Flask-Limiter sorts them),
-    so two requests holding per-key locks cannot wait for each other."""
+    The transaction opens at the first count, so a request the limiter lets go (every page view) touches no
+    database. Committed also when a limit refuses (the counts before it stay, as when each was its own
+    transaction) and rolled back only on a database error. Limits are always taken in the same order
+    (Flask-Limiter sorts them), so two requests holding per-key locks cannot wait for each other."""
     if g.get("throttle_counting") is not None:
         yield
         return
-    with db.engine.connect() as conn:
-        conn.begin()
-        g.throttle_counting = conn
-        try:
-            yield
-        except SQLAlchemyError:
-            conn.rollback()
-            raise
-        finally:
-            g.throttle_counting = None
-            if conn.in_transaction():
-                conn.commit()
+    together = g.throttle_counting = _Together()
+    try:
+        yield
+    except SQLAlchemyError:
+        if together.conn is not None:
+            together.conn.rollback()
+        raise
+    finally:
+        g.throttle_counting = None
+        if together.conn is not None:
+            with together.conn as conn:  # closed after the commit
+                if conn.in_transaction():
+                    conn.commit()
+
+
+class _Together:
+    """A request's counting transaction, opened when the first limit is counted."""
+
+    conn = None
+
+    def connection(self):
+        if self.conn is None:
+            self.conn = db.engine.connect()
+            self.conn.begin()
+        return self.conn
 
 
 def forget_expired() -> int:

@@ -5,6 +5,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -40,6 +41,19 @@ CREATE TABLE IF NOT EXISTS provisioned (
 """
 
 
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL once. The switch takes an exclusive lock that SQLite's busy timeout does not wait
+    for, so workers starting together retry it for a while (once it is WAL, reading the mode needs no lock)."""
+    deadline = time.monotonic() + 30
+    while conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class Store:
     """Short transactions on one SQLite file; one connection per thread."""
 
@@ -56,7 +70,7 @@ class Store:
             # isolation_level=None: we issue BEGIN ourselves so each unit is explicit.
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
+            _use_wal(conn)
             self._local.conn = conn
         return conn
 
