@@ -55,6 +55,15 @@ def parse_number(text: str) -> int | None:
     return int(text) if isinstance(text, str) and _NUMBER.fullmatch(text) else None
 
 
+def page_number(page: str | int, total: int, size: int, listing: str) -> tuple[int, int]:
+    """The page asked for and how many pages `total` rows make; a page that does not exist is a 404."""
+    pages = max(1, -(-total // size))
+    number = parse_number(str(page)) or 0
+    if not 1 <= number <= pages:
+        raise InvalidInput(f"{listing} has {pages} page{'s' if pages > 1 else ''}.", status=404, title="No such page")
+    return number, pages
+
+
 def verified_emails(result: entra.SignIn) -> list[str]:
     """Emails the token vouches for: the UPN, and `email` only when Entra marks its domain verified."""
     found = []

@@ -6,9 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable
 
-from domain.addresses import parse_number
+from domain.addresses import page_number
 from domain.directory import display_user
-from domain.errors import InvalidInput
 from domain.policy import OPERATOR_NAME, Actor, require_admin
 from models import AuditEvent, Organization, db
 
@@ -98,11 +97,7 @@ def audit_page(org: Organization, page: str | int, actor: Actor) -> AuditPage:
     require_admin(actor, org, "reading the audit log")
     total = db.session.scalar(db.select(db.func.count()).select_from(AuditEvent)
                               .where(AuditEvent.organization_id == org.id)) or 0
-    pages = max(1, -(-total // AUDIT_PAGE_SIZE))
-    number = parse_number(str(page)) or 0
-    if not 1 <= number <= pages:
-        raise InvalidInput(f"The audit log has {pages} page{'s' if pages > 1 else ''}.", status=404,
-                           title="No such page")
+    number, pages = page_number(page, total, AUDIT_PAGE_SIZE, "The audit log")
     events = db.session.execute(db.select(AuditEvent).where(AuditEvent.organization_id == org.id)
                                 .order_by(AuditEvent.id.desc())
                                 .offset((number - 1) * AUDIT_PAGE_SIZE).limit(AUDIT_PAGE_SIZE)).scalars()

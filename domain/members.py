@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from domain import sealed
-from domain.addresses import normalise_email, parse_number
+from domain.addresses import normalise_email, page_number, parse_number
 from domain.audit import record
 from domain.directory import user_email, users_by_email
 from domain.errors import InvalidInput, PortalError, StoredDataUnreadable, refused
@@ -109,11 +109,7 @@ def members_page(org: Organization, page: str | int, actor: Actor, *, email: str
         return MembersPage(rows=_rows(org, found), page=1, pages=1, total=len(found), email=address)
     total = db.session.scalar(db.select(db.func.count()).select_from(User)
                               .where(User.organization_id == org.id)) or 0
-    pages = max(1, -(-total // USERS_PAGE_SIZE))
-    number = parse_number(str(page)) or 0
-    if not 1 <= number <= pages:
-        raise InvalidInput(f"The list of users has {pages} page{'s' if pages > 1 else ''}.", status=404,
-                           title="No such page")
+    number, pages = page_number(page, total, USERS_PAGE_SIZE, "The list of users")
     # The page's ids first, from the index alone (the skipped rows are never read), then their rows.
     ids = list(db.session.execute(
         db.select(User.id).where(User.organization_id == org.id)
