@@ -393,11 +393,10 @@ def main() -> None:
         discovery = emulator_url + "/organizations/v2.0/.well-known/openid-configuration"
         for _ in range(300):
             try:
-                requests.get(discovery, verify=False, timeout=5)  # noqa: S501 (only: is it listening yet?)
+                requests.get(discovery, verify=ca, timeout=5).raise_for_status()
                 break
-            except requests.ConnectionError:
+            except requests.ConnectionError:  # not listening yet
                 time.sleep(0.1)
-        requests.get(discovery, verify=ca, timeout=5).raise_for_status()
         print("setting up the portal and the identity app", flush=True)
         sides.append(Portal(portal_port, emulator_url, ca, args.database_url))
         sides.append(Peer(peer_port, emulator_url, ca))
