@@ -397,6 +397,8 @@ def main() -> None:
                 break
             except requests.ConnectionError:  # not listening yet
                 time.sleep(0.1)
+        else:
+            raise SystemExit(f"the emulator did not start: see {folder}/emulator.log")
         print("setting up the portal and the identity app", flush=True)
         sides.append(Portal(portal_port, emulator_url, ca, args.database_url))
         sides.append(Peer(peer_port, emulator_url, ca))
