@@ -38,12 +38,20 @@ class Organization(db.Model):
     admin_consent_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", use_alter=True, ondelete="SET NULL"))
     # "Admins are assigned in Microsoft Entra": the ID token's `roles` decide the role of SSO users at sign-in.
     admins_from_entra: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # User provisioning (SCIM): SHA-256 of the bearer token Entra sends (hex; the token is shown once, never
+    # stored), when it was made, and when Entra last called (written at most once a minute).
+    scim_token_hash: Mapped[str | None] = mapped_column(String(64))
+    scim_token_created_at: Mapped[datetime | None]
+    scim_last_call_at: Mapped[datetime | None]
+    # "Members of this group are admins": one provisioned group, or none (cleared by whoever deletes the group).
+    scim_admin_group_id: Mapped[int | None] = mapped_column(ForeignKey("scim_groups.id", use_alter=True))
 
     domains: Mapped[list[Domain]] = relationship(back_populates="organization", order_by="Domain.name")
     sso_activated_by: Mapped[User | None] = relationship(foreign_keys=[sso_activated_by_id])
     admin_consent_by: Mapped[User | None] = relationship(foreign_keys=[admin_consent_by_id])
 
 
+Index("uq_organizations_scim_token_hash", Organization.scim_token_hash, unique=True)
 # Names are unique without regard to case (`Acme` and `acme` cannot both exist). SQLite's lower() folds ASCII
 # only, so domain/directory.py also compares case-folded names; this index holds even for writes that bypass it.
 Index("uq_organizations_name_lower", func.lower(Organization.name), unique=True)
@@ -64,7 +72,9 @@ class User(UserMixin, db.Model):
     __tablename__ = "users"
     __table_args__ = (UniqueConstraint("tenant_id", "object_id", name="uq_users_tid_oid"),
                       # The USERS tab: an organisation's users, newest sign-in first, a page at a time.
-                      Index("ix_users_org_last_sign_in", "organization_id", "last_sign_in_at", "id"))
+                      Index("ix_users_org_last_sign_in", "organization_id", "last_sign_in_at", "id"),
+                      Index("ix_users_org_scim_external_id", "organization_id", "scim_external_id_hmac"),
+                      Index("uq_users_scim_id", "scim_id", unique=True))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
@@ -81,12 +91,43 @@ class User(UserMixin, db.Model):
     last_sign_in_at: Mapped[datetime | None]
     # Blocked by an admin: no sign-in by any method, and no session survives the block.
     blocked: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Provisioned by Entra (SCIM): the opaque id the endpoint gives out (never the row id), and a keyed HMAC of
+    # `externalId` (look-ups, uniqueness; the value itself is in scim_data_enc). Linked to an Entra identity at
+    # the first SSO sign-in whose `oid` has this externalId's HMAC.
+    scim_id: Mapped[str | None] = mapped_column(String(32))
+    scim_external_id_hmac: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    # The SCIM attributes Entra sent that the portal keeps (sealed JSON); the identifiers and state only when
+    # the organisation keeps no profile copies.
+    scim_data_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     organization: Mapped[Organization] = relationship(foreign_keys=[organization_id])
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+
+class ScimGroup(db.Model):
+    """A group Entra provisioned: its name sealed (a name can be personal: "Lena's team") and blind-indexed."""
+
+    __tablename__ = "scim_groups"
+    __table_args__ = (Index("ix_scim_groups_org_name", "organization_id", "name_hmac"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    scim_id: Mapped[str] = mapped_column(String(32), unique=True)
+    name_hmac: Mapped[bytes] = mapped_column(LargeBinary(32))
+    name_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    # Keyed HMAC of the group's externalId (Entra sends the group's object id), if any.
+    external_id_hmac: Mapped[bytes | None] = mapped_column(LargeBinary(32))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ScimGroupMember(db.Model):
+    __tablename__ = "scim_group_members"
+
+    group_id: Mapped[int] = mapped_column(ForeignKey("scim_groups.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True)
 
 
 class LoginSession(db.Model):
