@@ -172,6 +172,8 @@ class AuditEvent(db.Model):
     actor_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     # True when the operator acted through the CLI (shown as "operator (CLI)"); actor_id is then empty.
     by_operator: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # True when Entra's provisioning service acted through the SCIM endpoint ("Microsoft Entra provisioning").
+    by_provisioning: Mapped[bool] = mapped_column(default=False, server_default=false())
     action: Mapped[str] = mapped_column(String(64))
     outcome: Mapped[str] = mapped_column(String(16))  # "success" or "failure"
     detail: Mapped[str] = mapped_column(Text, default="")  # a reason code or setting; never tokens or personal data

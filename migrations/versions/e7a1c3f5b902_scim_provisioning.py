@@ -47,6 +47,8 @@ def upgrade():
     op.create_index('uq_users_scim_id', 'users', ['scim_id'], unique=True)
     op.create_index('ix_users_org_scim_external_id', 'users', ['organization_id', 'scim_external_id_hmac'],
                     unique=False)
+    op.add_column('audit_events', sa.Column('by_provisioning', sa.Boolean(), server_default=sa.false(),
+                                            nullable=False))
     op.add_column('organizations', sa.Column('scim_token_hash', sa.String(length=64), nullable=True))
     op.add_column('organizations', sa.Column('scim_token_created_at', sa.DateTime(), nullable=True))
     op.add_column('organizations', sa.Column('scim_last_call_at', sa.DateTime(), nullable=True))
@@ -69,6 +71,7 @@ def downgrade():
     op.drop_column('organizations', 'scim_last_call_at')
     op.drop_column('organizations', 'scim_token_created_at')
     op.drop_column('organizations', 'scim_token_hash')
+    op.drop_column('audit_events', 'by_provisioning')
     op.drop_index('ix_users_org_scim_external_id', table_name='users')
     op.drop_index('uq_users_scim_id', table_name='users')
     op.drop_column('users', 'scim_data_enc')
