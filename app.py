@@ -104,9 +104,14 @@ def _finish_config(app: Flask) -> None:
 
 
 class _Limiter(Limiter):
-    """Flask-Limiter, counting a request's limits in one transaction (throttles.counting_together)."""
+    """Flask-Limiter for the sign-in steps only, counting a request's limits in one transaction
+    (throttles.counting_together)."""
 
     def _check_request_limit(self, *args, **kwargs):
+        # Every other request (page views, static files, GETs of the sign-in pages) leaves here, before Flask-Limiter
+        # resolves any limit or touches its storage.
+        if (request.endpoint, request.method) not in auth.SIGN_IN_ENDPOINTS:
+            return None
         with throttles.counting_together():
             return super()._check_request_limit(*args, **kwargs)
 
@@ -115,13 +120,6 @@ def _wire_rate_limits(app: Flask) -> None:
     """Throttle the sign-in endpoints per client IP; one Limiter per app (accounts counts failed password checks
     per account and client with it, in the view, where a check is known to have failed)."""
     limiter = _Limiter(lambda: throttling.address_key(get_remote_address()), app=app)
-
-    @limiter.request_filter
-    def not_a_sign_in() -> bool:
-        # Every other request (page views, static files, GETs of the sign-in pages) leaves the limiter here,
-        # before it resolves any limit or touches its storage.
-        return (request.endpoint, request.method) not in auth.SIGN_IN_ENDPOINTS
-
     limiter.shared_limit(lambda: app.config["RATELIMIT_SIGN_IN_PER_IP"], scope="sign-in-ip")(auth.bp)
     limiter.shared_limit(lambda: app.config["RATELIMIT_PASSWORD_PER_IP"], scope="password-ip",
                          exempt_when=lambda: request.endpoint != "auth.password")(auth.bp)
