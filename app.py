@@ -128,6 +128,7 @@ def _wire_rate_limits(app: Flask) -> None:
 def _wire_csrf(app: Flask) -> None:
     """The token on every POST; over HTTPS a same-origin Referer (Flask-WTF); an Origin, when sent, must be ours."""
     CSRFProtect(app)
+    app.jinja_env.globals["csrf_token"] = websession.csrf_token
 
     @app.before_request
     def same_origin_post():
