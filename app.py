@@ -106,9 +106,14 @@ def _finish_config(app: Flask) -> None:
 
 
 class _Limiter(Limiter):
-    """Flask-Limiter, counting a request's limits in one transaction (throttles.counting_together)."""
+    """Flask-Limiter for the sign-in steps and the SCIM endpoint only, counting a request's limits in one transaction
+    (throttles.counting_together)."""
 
     def _check_request_limit(self, *args, **kwargs):
+        # Every other request (page views, static files, GETs of the sign-in pages) leaves here, before Flask-Limiter
+        # resolves any limit or touches its storage; sign-in steps and Entra's SCIM calls are counted.
+        if (request.endpoint, request.method) not in auth.SIGN_IN_ENDPOINTS and request.blueprint != "scim":
+            return None
         with throttles.counting_together():
             return super()._check_request_limit(*args, **kwargs)
 
@@ -117,13 +122,6 @@ def _wire_rate_limits(app: Flask) -> None:
     """Throttle the sign-in endpoints per client IP; one Limiter per app (accounts counts failed password checks
     per account and client with it, in the view, where a check is known to have failed)."""
     limiter = _Limiter(lambda: throttling.address_key(get_remote_address()), app=app)
-
-    @limiter.request_filter
-    def not_limited() -> bool:
-        # Every other request (page views, static files, GETs of the sign-in pages) leaves the limiter here,
-        # before it resolves any limit or touches its storage.
-        return (request.endpoint, request.method) not in auth.SIGN_IN_ENDPOINTS and request.blueprint != "scim"
-
     limiter.shared_limit(lambda: app.config["RATELIMIT_SIGN_IN_PER_IP"], scope="sign-in-ip")(auth.bp)
     limiter.shared_limit(lambda: app.config["RATELIMIT_PASSWORD_PER_IP"], scope="password-ip",
                          exempt_when=lambda: request.endpoint != "auth.password")(auth.bp)
@@ -142,6 +140,7 @@ def _wire_csrf(app: Flask) -> None:
     """The token on every POST; over HTTPS a same-origin Referer (Flask-WTF); an Origin, when sent, must be ours."""
     csrf = CSRFProtect(app)
     csrf.exempt(scim.bp)  # Entra authenticates with a bearer token, never a cookie: nothing to forge
+    app.jinja_env.globals["csrf_token"] = websession.csrf_token
 
     @app.before_request
     def same_origin_post():

@@ -3,8 +3,9 @@
     .venv/bin/pip install -r bench/requirements.txt            # identity[flask], the peer's library
     .venv/bin/python -m bench.bench_peer [--database-url postgresql+psycopg://USER@127.0.0.1:PORT/DB]
 
-Both apps sign in against one emulator, `python -m emulator` over HTTPS on 127.0.0.1 (the README's staging set-up),
-so both pay the same real back-channel calls and the emulator's CPU stays in its own process. The portal runs with
+Both apps sign in against one emulator over HTTPS on 127.0.0.1 (the README's staging set-up, the emulator's app served
+by gunicorn so that connections stay open as Microsoft's do: emulator_wsgi.py), so both make real back-channel calls
+and the emulator's CPU stays in its own process. The portal runs with
 the staging settings (ENTRA_AUTHORITY, GRAPH_ENDPOINT, ENTRA_CA_BUNDLE); the peer (peer_identity.py) gets the same
 authority, the portal's client registration and the CA through REQUESTS_CA_BUNDLE, as `identity` takes no HTTP
 client of its own. Measured, alternating portal and peer in every round:
@@ -381,14 +382,19 @@ def main() -> None:
     port, portal_port, peer_port = free_port(), free_port(), free_port()
     emulator_url = f"https://127.0.0.1:{port}"
     sides: list[Side] = []
-    # The README's staging command; the peer signs in as the portal's app registration (one client per emulator).
+    # The emulator's app as `python -m emulator` builds it, served by gunicorn over HTTPS, which keeps connections
+    # alive as Microsoft does (werkzeug's server closes each one); the peer signs in as the portal's app registration.
+    redirect_uris = [f"https://127.0.0.1:{portal_port}/auth/callback",
+                     f"https://127.0.0.1:{portal_port}/auth/admin-consent/callback",
+                     f"http://127.0.0.1:{peer_port}/auth/response"]
     emulator = subprocess.Popen(
-        [sys.executable, "-m", "emulator", "--port", str(port), "--cert", cert, "--key", key, "--instance", folder,
-         "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET,
-         "--redirect-uri", f"https://127.0.0.1:{portal_port}/auth/callback",
-         "--redirect-uri", f"https://127.0.0.1:{portal_port}/auth/admin-consent/callback",
-         "--redirect-uri", f"http://127.0.0.1:{peer_port}/auth/response"],
-        cwd=ROOT, stderr=open(os.path.join(folder, "emulator.log"), "wb"))  # a line per request
+        [sys.executable, "-m", "gunicorn", "--workers", "1", "--worker-class", "gthread", "--threads", "8",
+         "--keep-alive", "75", "--certfile", cert, "--keyfile", key, "--bind", f"127.0.0.1:{port}",
+         "bench.emulator_wsgi:create_app()"],
+        cwd=ROOT, stderr=open(os.path.join(folder, "emulator.log"), "wb"),
+        env=dict(os.environ, BENCH_EMULATOR_URL=emulator_url, BENCH_EMULATOR_INSTANCE=folder,
+                 BENCH_EMULATOR_CLIENT_ID=CLIENT_ID, BENCH_EMULATOR_CLIENT_SECRET=CLIENT_SECRET,
+                 BENCH_EMULATOR_REDIRECT_URIS=json.dumps(redirect_uris)))
     try:
         discovery = emulator_url + "/organizations/v2.0/.well-known/openid-configuration"
         for _ in range(300):

@@ -5,9 +5,13 @@ mapping it is given; this module hands it Flask's session and does what only the
 """
 from __future__ import annotations
 
+import functools
+
 from flask import Flask, current_app, g, request, session
+from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager, login_user, logout_user
 from flask_wtf.csrf import generate_csrf
+from itsdangerous import URLSafeTimedSerializer
 
 import entra
 from domain import audit, sessions
@@ -23,6 +27,7 @@ def init_app(app: Flask) -> None:
     manager.session_protection = None  # sessions are checked server-side instead
     manager.user_loader(load_user)
     manager.init_app(app)
+    app.session_interface = _CookieSessions()
 
     @app.before_request
     def audit_client() -> None:
@@ -33,6 +38,39 @@ def init_app(app: Flask) -> None:
         token = g.pop("_audit_client", None)
         if token is not None:
             audit.client_address.reset(token)
+
+
+class _CookieSessions(SecureCookieSessionInterface):
+    """Flask's signed cookie, with its serializer built once per key set instead of twice per request."""
+
+    @functools.lru_cache(maxsize=4)
+    def _serializer(self, keys: tuple) -> URLSafeTimedSerializer:
+        return URLSafeTimedSerializer(list(keys), salt=self.salt, serializer=self.serializer,
+                                      signer_kwargs={"key_derivation": self.key_derivation,
+                                                     "digest_method": self.digest_method})
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        if not app.secret_key:
+            return None
+        # itsdangerous wants the current key last
+        return self._serializer((*(app.config["SECRET_KEY_FALLBACKS"] or ()), app.secret_key))
+
+
+def csrf_token() -> str:
+    """Flask-WTF's generate_csrf for templates, with the signed token kept per session secret in this worker:
+    tokens carry no expiry here (WTF_CSRF_TIME_LIMIT None), so signing it afresh for every page bought nothing."""
+    cfg = current_app.config
+    field, raw = cfg["WTF_CSRF_FIELD_NAME"], session.get(cfg["WTF_CSRF_FIELD_NAME"])
+    if field in g or cfg["WTF_CSRF_TIME_LIMIT"] is not None or not isinstance(raw, str):
+        return generate_csrf()
+    token = _signed_csrf(cfg.get("WTF_CSRF_SECRET_KEY") or current_app.secret_key, raw)
+    setattr(g, field, token)  # where generate_csrf (and the forms' CSRF fields) find it for this request
+    return token
+
+
+@functools.lru_cache(maxsize=4096)
+def _signed_csrf(key: str | bytes, raw: str) -> str:
+    return URLSafeTimedSerializer(key, salt="wtf-csrf-token").dumps(raw)
 
 
 def load_user(user_id: str) -> User | None:
