@@ -46,7 +46,7 @@ class _Forms(HTMLParser):
         a = dict(attrs)
         if tag == "form":
             self._current = {"action": a.get("action", ""), "method": a.get("method", "get").lower(),
-                             "fields": {}, "buttons": [], "checkboxes": {}, "radios": {}}
+                             "fields": {}, "buttons": [], "checkboxes": {}, "radios": {}, "selects": {}}
             self.forms.append(self._current)
         elif self._current is None:
             return
@@ -66,6 +66,15 @@ class _Forms(HTMLParser):
             self._pending_button = self._current["buttons"][-1]
         elif tag in ("select", "textarea") and a.get("name"):
             self._current["fields"][a["name"]] = ""
+            self._select = a["name"] if tag == "select" else None
+            if tag == "select":
+                self._current["selects"][a["name"]] = []
+        elif tag == "option" and getattr(self, "_select", None):
+            # A select sends its selected option, else its first one; `selects` lists the values offered.
+            options = self._current["selects"][self._select]
+            options.append(a.get("value", ""))
+            if "selected" in a or len(options) == 1:
+                self._current["fields"][self._select] = a.get("value", "")
 
     def handle_data(self, data):
         if getattr(self, "_pending_button", None) and self._current:
@@ -73,7 +82,9 @@ class _Forms(HTMLParser):
             self._current["buttons"][-1] = (name, value, ((label or "") + data).strip())
 
     def handle_endtag(self, tag):
-        if tag == "button":
+        if tag == "select":
+            self._select = None
+        elif tag == "button":
             self._pending_button = None
         elif tag == "form":
             self._current = None
