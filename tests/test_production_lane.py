@@ -228,3 +228,37 @@ def test_admin_finds_and_blocks_a_member_on_the_users_tab(prod_app, prod_emulato
     assert again.url.startswith(PORTAL + "/login") and "Sales Manager" not in again
     refused = member.sso_sign_in(MEMBER)
     assert refused.status == 403 and "Your account is blocked" in refused
+
+
+def test_admin_turns_user_provisioning_on_rotates_and_turns_it_off(prod_app, prod_browser):
+    import re
+
+    from domain import provisioning
+
+    def valid(token: str) -> bool:
+        with prod_app.app_context():
+            return provisioning.organization_for_token(token) is not None
+
+    _activate(prod_browser)
+    prod_browser.sign_in_locally(ADMIN, PASSWORD, password_link=True)
+    assert "User provisioning (SCIM)" in prod_browser.open("/settings/security")
+    shown = prod_browser.submit("Generate token")
+    assert shown.url == PORTAL + "/settings/security/provisioning/token" and shown.status == 200
+    assert shown.headers["Cache-Control"] == "no-store" and "it will not be shown again" in shown
+    assert 'id="tenant-url" type="text" readonly value="https://portal.example.com/scim/v2/"' in shown
+    (post,) = _posts(prod_browser, "/settings/security/provisioning/token")
+    assert post.headers["Origin"] == PORTAL and post.headers["Referer"] == PORTAL + "/settings/security"
+    token = re.search(r'id="secret-token" type="text" readonly value="([^"]+)"', shown.text).group(1)
+    assert valid(token) and all(token not in s.url for s in prod_browser.sent)
+    back = prod_browser.click("Back to SECURITY")
+    assert "<code>https://portal.example.com/scim/v2/</code>" in back and token not in back
+
+    prod_browser.click("Rotate token…")
+    rotated = prod_browser.submit("Rotate token")
+    new = re.search(r'id="secret-token" type="text" readonly value="([^"]+)"', rotated.text).group(1)
+    assert new != token and not valid(token) and valid(new)
+
+    prod_browser.open("/settings/security")
+    off = prod_browser.submit("Turn off")
+    assert off.url == PORTAL + "/settings/security" and "User provisioning is off" in prod_browser.flash()
+    assert not valid(new) and "Generate token" in off
