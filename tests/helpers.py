@@ -215,6 +215,38 @@ def sign_out(client):
     return submit(client, client.get("/"), "Sign out")
 
 
+def provisioning_token(app, org_id: int) -> str:
+    """Turn user provisioning on for the organisation (as the operator would) and return the bearer token."""
+    from domain import policy, provisioning
+    with app.app_context():
+        return provisioning.generate_token(db.session.get(Organization, org_id), policy.OPERATOR)
+
+
+def scim_call(client, token: str, method: str, path: str, body: dict | None = None, **kwargs):
+    """One call to the SCIM endpoint as Entra's provisioning service makes it."""
+    return client.open("/scim/v2/" + path.lstrip("/"), method=method, json=body,
+                       headers={"Authorization": "Bearer " + token, "Content-Type": "application/scim+json"},
+                       **kwargs)
+
+
+def scim_user(client, token: str, user_name: str, external_id: str, *, active: bool = True, **extra) -> str:
+    """POST /Users (Entra's create); return the new user's SCIM id."""
+    body = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": user_name,
+            "externalId": external_id, "active": active, **extra}
+    resp = scim_call(client, token, "POST", "Users", body)
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    return resp.get_json()["id"]
+
+
+def scim_group(client, token: str, name: str, member_ids: list[str] = ()) -> str:
+    """POST /Groups with its members; return the group's SCIM id."""
+    body = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": name,
+            "members": [{"value": m} for m in member_ids]}
+    resp = scim_call(client, token, "POST", "Groups", body)
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    return resp.get_json()["id"]
+
+
 def database_bytes(app) -> bytes:
     """SQLite: the database file with its -wal/-journal (free pages included). Elsewhere: every stored value."""
     uri = app.config["SQLALCHEMY_DATABASE_URI"]

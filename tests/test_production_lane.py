@@ -230,14 +230,19 @@ def test_admin_finds_and_blocks_a_member_on_the_users_tab(prod_app, prod_emulato
     assert refused.status == 403 and "Your account is blocked" in refused
 
 
-def test_admin_turns_user_provisioning_on_rotates_and_turns_it_off(prod_app, prod_browser):
+def test_admin_turns_user_provisioning_on_entra_provisions_rotates_and_turns_it_off(prod_app, prod_emulator,
+                                                                                    prod_browser):
     import re
 
-    from domain import provisioning
+    from browsing import PortalBrowser
+    from emulator.transport import WSGIAdapter
+    from helpers import scim_call
 
     def valid(token: str) -> bool:
-        with prod_app.app_context():
-            return provisioning.organization_for_token(token) is not None
+        """Whether Entra's provisioning service gets in with the token (401 otherwise)."""
+        resp = scim_call(prod_app.test_client(), token, "GET", "ServiceProviderConfig", base_url=PORTAL)
+        assert resp.status_code in (200, 401)
+        return resp.status_code == 200
 
     _activate(prod_browser)
     prod_browser.sign_in_locally(ADMIN, PASSWORD, password_link=True)
@@ -249,14 +254,30 @@ def test_admin_turns_user_provisioning_on_rotates_and_turns_it_off(prod_app, pro
     (post,) = _posts(prod_browser, "/settings/security/provisioning/token")
     assert post.headers["Origin"] == PORTAL and post.headers["Referer"] == PORTAL + "/settings/security"
     token = re.search(r'id="secret-token" type="text" readonly value="([^"]+)"', shown.text).group(1)
-    assert valid(token) and all(token not in s.url for s in prod_browser.sent)
+    assert all(token not in s.url for s in prod_browser.sent)
     back = prod_browser.click("Back to SECURITY")
     assert "<code>https://portal.example.com/scim/v2/</code>" in back and token not in back
+
+    # The admin pastes the Tenant URL and token into Entra, which runs a cycle: Lena through the Sales team.
+    prod_emulator.provisioning_session.mount(PORTAL + "/", WSGIAdapter(prod_app))
+    prod_emulator.configure_provisioning(NORTHWIND_TID, tenant_url=PORTAL + "/scim/v2/", token=token)
+    prod_emulator.set_tenant(NORTHWIND_TID, assigned=["8a1b2c3d-0e1f-4a2b-9c3d-4e5f6a7b8c01"])
+    summary = prod_emulator.provision(NORTHWIND_TID)
+    assert summary["users"]["created"] == 1 and not summary["errors"], summary
+    block = prod_browser.open("/settings/security")
+    assert "<dt>Provisioned users</dt><dd>1</dd>" in block and "<dt>Provisioned groups</dt><dd>1</dd>" in block
+    assert "<dt>Entra last called</dt><dd>never</dd>" not in block
+    users = prod_browser.open("/settings/users")
+    assert re.search(re.escape(MEMBER) + r"</td>.*?Provisioned — not signed in yet", users.text, re.S)
+    member = PortalBrowser({"portal.example.com": prod_app, "login.microsoftonline.com": prod_emulator.wsgi}, PORTAL)
+    assert member.sso_sign_in(MEMBER).url == PORTAL + "/"
+    assert "<dt>Not yet linked to a Microsoft sign-in</dt><dd>0</dd>" in prod_browser.open("/settings/security")
 
     prod_browser.click("Rotate token…")
     rotated = prod_browser.submit("Rotate token")
     new = re.search(r'id="secret-token" type="text" readonly value="([^"]+)"', rotated.text).group(1)
     assert new != token and not valid(token) and valid(new)
+    assert prod_emulator.provision(NORTHWIND_TID)["errors"]  # Entra still holds the old token: refused
 
     prod_browser.open("/settings/security")
     off = prod_browser.submit("Turn off")

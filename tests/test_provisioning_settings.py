@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from domain import provisioning, sealed
-from helpers import csrf, database_bytes, forms, password_sign_in, sign_out, sso_sign_in, submit
-from models import AuditEvent, Organization, ScimGroup, ScimGroupMember, User, db
+from helpers import (FABRIKAM_TID, csrf, database_bytes, forms, password_sign_in, provisioning_token, scim_call,
+                     scim_group, scim_user, sso_sign_in, submit)
+from models import AuditEvent, Organization, ScimGroup, User, db
 
 ADMIN = "admin@northwind.example"
 LENA = "lena.fischer@northwind.example"
@@ -29,8 +29,10 @@ def _token_of(page) -> str:
 
 
 def _valid(app, token: str) -> bool:
-    with app.app_context():
-        return provisioning.organization_for_token(token) is not None
+    """Whether Entra's provisioning service gets in with this token (the endpoint answers 401 otherwise)."""
+    resp = scim_call(app.test_client(), token, "GET", "ServiceProviderConfig")
+    assert resp.status_code in (200, 401), resp.status_code
+    return resp.status_code == 200
 
 
 def _actions(app) -> list[str]:
@@ -67,7 +69,6 @@ def test_generate_shows_the_token_once_and_stores_only_its_hash(app, admin, acti
     org = _org(app, active)
     assert org.scim_token_hash == hashlib.sha256(token.encode()).hexdigest() and org.scim_token_created_at
     assert token.encode() not in database_bytes(app)
-    assert _valid(app, token)
     # Back on SECURITY: on, the Tenant URL and the facts, but never the token again.
     security = admin.get("/settings/security")
     block = _block(security)
@@ -76,6 +77,9 @@ def test_generate_shows_the_token_once_and_stores_only_its_hash(app, admin, acti
     assert "<dt>Entra last called</dt><dd>never</dd>" in block
     assert "<dt>Provisioned users</dt><dd>0</dd>" in block and "<dt>Provisioned groups</dt><dd>0</dd>" in block
     assert "Rotate token…" in block and ">Turn off</button>" in block and "Generate token" not in block
+    # Entra's first call gets in with the token, and the block says when it called.
+    assert _valid(app, token)
+    assert "<dt>Entra last called</dt><dd>never</dd>" not in _block(admin.get("/settings/security"))
     assert "scim_token_generated" in _actions(app)
     assert "Provisioning token generated" in admin.get("/settings/audit").data.decode()
 
@@ -153,76 +157,67 @@ def test_deactivating_sso_pauses_provisioning_and_turn_off_still_works(app, admi
 
 # -- the counts and the admin group -----------------------------------------------------------------------------
 
-def _group(app, org_id: int, scim_id: str, name: str, members: list[int] = ()) -> int:
-    """A provisioned group as the endpoint stores one (its name sealed and blind-indexed)."""
-    with app.app_context():
-        group = ScimGroup(organization_id=org_id, scim_id=scim_id, name_hmac=b"", name_enc=b"")
-        db.session.add(group)
-        db.session.flush()
-        sealed.store("group_name", group, group, name)
-        db.session.add_all(ScimGroupMember(group_id=group.id, user_id=u) for u in members)
-        db.session.commit()
-        return group.id
-
-
-def _provisioned(app, org_id: int, email: str, external_id: str) -> int:
-    from domain import directory
-    with app.app_context():
-        user = User(organization_id=org_id, role="member", scim_id="s-" + external_id[:20])
-        directory.set_email(user, email)
-        sealed.store("scim", user, user, {"externalId": external_id})
-        db.session.commit()
-        return user.id
+def _scim_token(app, admin) -> str:
+    """Turn provisioning on from the SECURITY tab; the token as the page shows it."""
+    return _token_of(_generate(admin))
 
 
 def test_counts_and_the_hint_about_linking(app, admin, active):
-    _generate(admin)
-    _provisioned(app, active, "omar.haddad@northwind.example", "omar.haddad")  # Entra's default: mailNickname
-    _provisioned(app, active, LENA, "1b7e2d63-8d2f-4e1c-8b68-4f3a2c9d5e02")  # mapped to objectId
-    _group(app, active, "g-sales", "Sales team")
+    token = _scim_token(app, admin)
+    entra = app.test_client()
+    scim_user(entra, token, "omar.haddad@northwind.example", "omar.haddad")  # Entra's default: mailNickname
+    lena = scim_user(entra, token, LENA, "1b7e2d63-8d2f-4e1c-8b68-4f3a2c9d5e02")  # mapped from objectId
+    scim_group(entra, token, "Sales team", [lena])
     block = _block(admin.get("/settings/security"))
     assert "<dt>Provisioned users</dt><dd>2</dd>" in block and "<dt>Provisioned groups</dt><dd>1</dd>" in block
     assert "<dt>Not yet linked to a Microsoft sign-in</dt><dd>2</dd>" in block
     assert "<code>externalId</code>'s source attribute to" in block and "<code>objectId</code>" in block
-    lena = app.test_client()
-    sso_sign_in(lena, LENA)
+    last_call = re.search(r"<dt>Entra last called</dt><dd>([^<]+)</dd>", block).group(1)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", last_call)
+    sso_sign_in(app.test_client(), LENA)
     block = _block(admin.get("/settings/security"))
     assert "<dt>Not yet linked to a Microsoft sign-in</dt><dd>1</dd>" in block
 
 
 def test_admin_group_select_saves_a_provisioned_group_and_none(app, admin, active):
-    _generate(admin)
-    lena = _provisioned(app, active, LENA, "1b7e2d63-8d2f-4e1c-8b68-4f3a2c9d5e02")
-    admins = _group(app, active, "g-admins", "Portal Admins", [lena])
-    _group(app, active, "g-sales", "Sales team")
+    token = _scim_token(app, admin)
+    entra = app.test_client()
+    lena = scim_user(entra, token, LENA, "1b7e2d63-8d2f-4e1c-8b68-4f3a2c9d5e02")
+    admins = scim_group(entra, token, "Portal Admins", [lena])
+    sales = scim_group(entra, token, "Sales team")
     page = admin.get("/settings/security")
     [form] = [f for f in forms(page.data) if f["action"].endswith("/admin-group")]
-    assert form["selects"]["group"] == ["", "g-admins", "g-sales"] and form["fields"]["group"] == ""
+    assert form["selects"]["group"] == ["", admins, sales] and form["fields"]["group"] == ""
     assert ">None</option>" in page.data.decode() and ">Portal Admins</option>" in page.data.decode()
-    done = submit(admin, page, "Save admin group", fields={"group": "g-admins"}, follow_redirects=True)
+    done = submit(admin, page, "Save admin group", fields={"group": admins}, follow_redirects=True)
     assert "Members of the group Portal Admins are admins now" in done.data.decode()
-    assert _org(app, active).scim_admin_group_id == admins
     with app.app_context():
-        assert db.session.get(User, lena).role == "admin"  # its current members at once
-    assert re.search(r'<option selected value="g-admins">|<option value="g-admins" selected>', done.data.decode())
+        org = db.session.get(Organization, active)
+        assert db.session.get(ScimGroup, org.scim_admin_group_id).scim_id == admins
+        # Its current members at once.
+        assert db.session.execute(db.select(User.role).where(User.scim_id == lena)).scalar_one() == "admin"
+    assert re.search(rf'<option selected value="{admins}">|<option value="{admins}" selected>', done.data.decode())
     assert "scim_admin_group" in _actions(app)
     cleared = submit(admin, done, "Save admin group", fields={"group": ""}, follow_redirects=True)
     assert "No provisioned group decides who is admin" in cleared.data.decode()
     assert _org(app, active).scim_admin_group_id is None
 
 
-@pytest.mark.parametrize("forged", ["g-unknown", "g-fabrikam", "1", "' OR 1=1 --", "x" * 5000])
+@pytest.mark.parametrize("forged", ["unknown", "fabrikam", "1", "' OR 1=1 --", "x" * 5000])
 def test_a_forged_admin_group_is_refused_and_nothing_changes(app, admin, active, forged):
     from domain import directory
     with app.app_context():
-        fabrikam = directory.create_organization("Fabrikam Research", ["fabrikam.example"]).id
-    _generate(admin)
-    admins = _group(app, active, "g-admins", "Portal Admins")
-    _group(app, fabrikam, "g-fabrikam", "Materials lab")
-    submit(admin, admin.get("/settings/security"), "Save admin group", fields={"group": "g-admins"})
-    before = _actions(app)
+        fabrikam = directory.create_organization("Fabrikam Research", ["fabrikam.example"])
+        fabrikam.tenant_id, fabrikam.sso_active = FABRIKAM_TID, True
+        db.session.commit()
+        fabrikam_id = fabrikam.id
+    admins = scim_group(app.test_client(), _scim_token(app, admin), "Portal Admins")
+    theirs = scim_group(app.test_client(), provisioning_token(app, fabrikam_id), "Materials lab")
+    submit(admin, admin.get("/settings/security"), "Save admin group", fields={"group": admins})
+    before, chosen = _actions(app), _org(app, active).scim_admin_group_id
+    value = theirs if forged == "fabrikam" else forged
     resp = admin.post("/settings/security/provisioning/admin-group",
-                      data={"csrf_token": csrf(admin, "/settings/security"), "group": forged})
+                      data={"csrf_token": csrf(admin, "/settings/security"), "group": value})
     assert resp.status_code == 400 and b"not one of the groups Microsoft Entra provisioned" in resp.data
-    assert len(forged) < 10 or forged.encode() not in resp.data  # not echoed back
-    assert _org(app, active).scim_admin_group_id == admins and _actions(app) == before
+    assert value.encode() not in resp.data or len(value) < 4  # not echoed back
+    assert _org(app, active).scim_admin_group_id == chosen and _actions(app) == before
