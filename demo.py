@@ -74,6 +74,13 @@ def create_data() -> None:
             passwords.create_local_user(email, name, DEMO_PASSWORD, role="admin", break_glass=True)
 
 
+def provisioning_page(app: Flask, domain: str = "northwind.example") -> str:
+    """The emulated Entra admin centre's Provisioning page for the demo app in the tenant of `domain`."""
+    emu = app.extensions["entra_emulator"]
+    return (f"{emu.browser_url}/{emu.directory.tenant(domain).tid}/enterprise-applications/"
+            f"{app.config['ENTRA_CLIENT_ID']}/provisioning")
+
+
 def _instance_secret(app: Flask, name: str) -> str:
     """Read a random secret kept in instance/, creating it (mode 0600) on first use.
 
