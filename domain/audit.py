@@ -8,8 +8,8 @@ from typing import Iterator
 
 import entra
 from domain.errors import PortalError
-from domain.policy import Actor, Operator
-from models import AuditEvent, Organization, db
+from domain.policy import Actor, Operator, Provisioning
+from models import AuditEvent, Organization, User, db
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +20,10 @@ client_address: ContextVar[str | None] = ContextVar("client_address", default=No
 def record(action: str, outcome: str, *, org: Organization | None = None, actor: Actor = None,
            detail: str = "") -> AuditEvent:
     """Add an audit event to the current unit of work (the caller commits)."""
-    by_operator = isinstance(actor, Operator)
-    event = AuditEvent(organization_id=org.id if org is not None else None, actor=None if by_operator else actor,
-                       by_operator=by_operator, action=action, outcome=outcome, detail=detail[:200],
+    by_operator, by_provisioning = isinstance(actor, Operator), isinstance(actor, Provisioning)
+    event = AuditEvent(organization_id=org.id if org is not None else None,
+                       actor=actor if isinstance(actor, User) else None, by_operator=by_operator,
+                       by_provisioning=by_provisioning, action=action, outcome=outcome, detail=detail[:200],
                        ip=client_address.get())
     db.session.add(event)
     return event

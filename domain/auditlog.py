@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 from domain.addresses import page_number
 from domain.directory import display_user
-from domain.policy import OPERATOR_NAME, Actor, require_admin
+from domain.policy import OPERATOR_NAME, PROVISIONING_NAME, Actor, require_admin
 from models import AuditEvent, Organization, db
 
 AUDIT_PAGE_SIZE = 25
@@ -24,6 +24,11 @@ AUDIT_ACTIONS = {
     "data_export": "Data downloaded", "role_changed": "Role changed", "user_blocked": "User blocked",
     "user_unblocked": "User unblocked", "signed_out_everywhere": "Signed out everywhere", "user_removed": "User removed",
     "admins_from_entra": "Admins assigned in Microsoft Entra",
+    "scim_token_generated": "Provisioning token generated", "scim_token_rotated": "Provisioning token rotated",
+    "scim_turned_off": "User provisioning turned off", "scim_admin_group": "Admin group (provisioning) set",
+    "scim_user_created": "User provisioned", "scim_user_updated": "Provisioned user updated",
+    "scim_group_created": "Group provisioned", "scim_group_updated": "Provisioned group updated",
+    "scim_group_deleted": "Provisioned group deleted",
 }
 # The audit page's words for the fixed detail codes (the CLI's JSON keeps the codes).
 AUDIT_DETAILS = {
@@ -83,7 +88,7 @@ class AuditPage:
 def _audit_entries(events: Iterable[AuditEvent]) -> Iterable[AuditEntry]:
     names: dict[int, str] = {}  # decrypt each actor's email once
     for entry in events:
-        actor = OPERATOR_NAME if entry.by_operator else None
+        actor = OPERATOR_NAME if entry.by_operator else PROVISIONING_NAME if entry.by_provisioning else None
         if entry.actor_id is not None and entry.actor is not None:
             if entry.actor_id not in names:
                 names[entry.actor_id] = display_user(entry.actor)

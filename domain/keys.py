@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import vault
 from domain import sealed
-from models import StoredProfile, User, VaultCheck, db
+from models import ScimGroup, StoredProfile, User, VaultCheck, db
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +36,15 @@ _ROWS = {
     "stored_profiles": (lambda: db.select(StoredProfile, User, StoredProfile.user_id)
                         .join(User, User.id == StoredProfile.user_id), StoredProfile.user_id,
                         lambda row: (row.StoredProfile, row.User)),
+    "scim_groups": (lambda: db.select(ScimGroup, ScimGroup.id), ScimGroup.id,
+                    lambda row: (row.ScimGroup, row.ScimGroup)),
 }
 
 
 def rotation_total() -> int:
     """How many rows `rotate_keys` looks at (for a progress bar)."""
     return sum(db.session.scalar(db.select(db.func.count()).select_from(m)) or 0
-               for m in (User, StoredProfile, VaultCheck))
+               for m in (User, StoredProfile, ScimGroup, VaultCheck))
 
 
 def rotate_keys(batch_size: int = 200, progress: Callable[[int], None] | None = None) -> dict[str, RotationCount]:

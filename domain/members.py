@@ -76,8 +76,9 @@ def sign_in_methods(user: User) -> str:
 
 def role_from_entra(user: User, org: Organization) -> bool:
     """While "Admins are assigned in Microsoft Entra" is on, the role of an SSO user (not a break-glass account)
-    is set at each sign-in from the ID token's `roles`."""
-    return bool(org.admins_from_entra) and user.object_id is not None and not user.break_glass
+    is set at each sign-in from the ID token's `roles`; not while provisioning names an admin group (it decides)."""
+    return (bool(org.admins_from_entra) and org.scim_admin_group_id is None and user.object_id is not None
+            and not user.break_glass)
 
 
 def _rows(org: Organization, users: list[User]) -> list[MemberRow]:

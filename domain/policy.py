@@ -19,12 +19,25 @@ class Operator:
 
 
 OPERATOR = Operator()
-Actor = User | Operator | None
+
+PROVISIONING_NAME = "Microsoft Entra provisioning"
+
+
+class Provisioning:
+    """Entra's provisioning service acting through the SCIM endpoint with the organisation's token."""
+
+    def __str__(self) -> str:
+        return PROVISIONING_NAME
+
+
+PROVISIONING = Provisioning()
+Actor = User | Operator | Provisioning | None
 
 
 def require_admin(actor: Actor, org: Organization | None, what: str) -> None:
-    """The operator (CLI) and the organisation's own admins may; refusals are logged with ids only."""
-    if isinstance(actor, Operator) and org is not None:
+    """The operator (CLI), provisioning (with the organisation's token) and the organisation's own admins may;
+    refusals are logged with ids only."""
+    if isinstance(actor, (Operator, Provisioning)) and org is not None:
         return
     if org is None or not isinstance(actor, User) or not actor.is_admin or actor.organization_id != org.id:
         log.warning("Refused %s for user %s", what, getattr(actor, "id", None) or "anonymous")
