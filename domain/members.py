@@ -48,14 +48,22 @@ class MemberRow:
     last_sign_in_at: datetime | None
     blocked: bool
     role_from_entra: bool  # the role is set by Entra app roles at sign-in, not on this page
+    provisioned: bool  # Microsoft Entra provisions this user (SCIM): it creates, blocks and removes them
+
+    @property
+    def status_code(self) -> str:
+        """"blocked", "provisioned" (provisioned, not signed in yet) or "active"."""
+        if self.blocked:
+            return "blocked"
+        return "provisioned" if self.provisioned and self.last_sign_in_at is None else "active"
 
     @property
     def status(self) -> str:
-        return "Blocked" if self.blocked else "Active"
+        return {"blocked": "Blocked", "provisioned": "Provisioned — not signed in yet"}.get(self.status_code, "Active")
 
     def as_json(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "email": self.email, "role": self.role, "sign_in": self.sign_in,
-                "break_glass": self.break_glass, "status": self.status.lower(),
+                "break_glass": self.break_glass, "status": self.status_code, "provisioned": self.provisioned,
                 "last_sign_in": self.last_sign_in_at.strftime("%Y-%m-%dT%H:%M:%SZ") if self.last_sign_in_at else None}
 
 
@@ -96,7 +104,8 @@ def _rows(org: Organization, users: list[User]) -> list[MemberRow]:
             name = name or "(stored data cannot be read)"
         rows.append(MemberRow(id=user.id, name=name, email=email, role=user.role, sign_in=sign_in_methods(user),
                               break_glass=bool(user.break_glass), last_sign_in_at=user.last_sign_in_at,
-                              blocked=bool(user.blocked), role_from_entra=role_from_entra(user, org)))
+                              blocked=bool(user.blocked), role_from_entra=role_from_entra(user, org),
+                              provisioned=user.scim_id is not None))
     return rows
 
 
@@ -271,7 +280,8 @@ def set_admins_from_entra(org: Organization, on: bool, actor: Actor) -> bool:
 
 
 def role_at_sign_in(org: Organization, user: User, claims: dict[str, Any]) -> None:
-    """While the setting is on, the ID token's `roles` decide an SSO user's role (the caller commits).
+    """While the setting is on (and no provisioned admin group is set), the ID token's `roles` decide an SSO
+    user's role (the caller commits).
 
     The last active admin who can sign in is not demoted by a token without the role (recorded as a failure),
     so a mistaken assignment in Entra cannot leave the organisation without an admin.

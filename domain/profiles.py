@@ -73,8 +73,9 @@ def photo_of(user: User) -> tuple[bytes, str] | None:
 
 
 def _microsoft_only(user: User) -> bool:
-    """An account that exists only through Microsoft: no password, so its email is Microsoft's data too."""
-    return user.password_hash is None and user.object_id is not None
+    """An account that exists only through Microsoft sign-in: no password, so its email is Microsoft's data too.
+    Not a provisioned one: its email is the userName Entra's provisioning gave it, kept whatever the setting."""
+    return user.password_hash is None and user.object_id is not None and user.scim_id is None
 
 
 def _keep_or_forget_email(user: User, result: entra.SignIn, kept: bool) -> None:
@@ -113,7 +114,8 @@ def _forget_copies(user_ids: Any, *, kept_only: bool) -> int:
         query = query.where(StoredProfile.kept.is_(True))
     deleted = db.session.execute(query, execution_options={"synchronize_session": False}).rowcount
     db.session.execute(
-        db.update(User).where(User.id.in_(user_ids), User.password_hash.is_(None), User.object_id.is_not(None))
+        db.update(User).where(User.id.in_(user_ids), User.password_hash.is_(None), User.object_id.is_not(None),
+                              User.scim_id.is_(None))
         .values(email_enc=b"", email_hmac=b""), execution_options={"synchronize_session": False})
     db.session.expire_all()  # the bulk statements bypassed objects already loaded
     return deleted or 0

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import entra
+import vault
 from domain.addresses import normalise_or_raw, org_emails
 from domain.audit import failures_recorded, record
 from domain.directory import Realm, user_email, users_by_email
@@ -127,11 +128,26 @@ def _user_by_identity(tid: str, oid: str) -> User | None:
         db.select(User).where(User.tenant_id == tid, User.object_id == oid)).scalar_one_or_none()
 
 
+def _provisioned_user(org: Organization, oid: str) -> User | None:
+    """The organisation's provisioned user not yet linked to a Microsoft sign-in whose externalId is this object
+    id (compared by its blind index under every key, so a key rotation in progress does not hide anyone)."""
+    found = db.session.execute(db.select(User).where(
+        User.organization_id == org.id, User.object_id.is_(None), User.scim_id.is_not(None),
+        User.scim_external_id_hmac.in_(vault.get_vault().blind_indexes(oid)))).scalars().all()
+    return found[0] if len(found) == 1 else None  # externalIds are unique among an organisation's users
+
+
 def _link_or_create(org: Organization, result: entra.SignIn) -> User:
-    """First SSO sign-in: link an existing account of the organisation by verified email, else create one."""
+    """First SSO sign-in: link the provisioned user whose externalId is the object id, else an existing account
+    of the organisation by verified email (never a provisioned one: Entra said who they are), else create one."""
+    provisioned = _provisioned_user(org, result.object_id)
+    if provisioned is not None:
+        provisioned.tenant_id, provisioned.object_id = result.tenant_id, result.object_id
+        record("identity_linked", "success", org=org, actor=provisioned, detail="provisioned_user")
+        return provisioned
     for email in org_emails(org, result):
         for existing in users_by_email(email, org):
-            if existing.object_id is None:
+            if existing.object_id is None and existing.scim_id is None:
                 existing.tenant_id, existing.object_id = result.tenant_id, result.object_id
                 record("identity_linked", "success", org=org, actor=existing)
                 return existing

@@ -1,0 +1,143 @@
+"""Sign-in of provisioned users: linked by the bound tenant and object id (externalId), never by email; a
+blocked one is refused; while a provisioned admin group is set, app roles do not change roles at sign-in."""
+from __future__ import annotations
+
+import re
+
+import vault
+from domain import directory
+from helpers import password_sign_in, sign_out, sso_sign_in
+from models import AuditEvent, Organization, ScimGroup, StoredProfile, User, db
+
+LENA = "lena.fischer@northwind.example"
+LENA_OID = "1b7e2d63-8d2f-4e1c-8b68-4f3a2c9d5e02"
+
+
+def _provisioned(app, org_id: int, email: str, external_id: str, *, role: str = "member",
+                 blocked: bool = False) -> int:
+    """A provisioned user as the endpoint stores one: email from userName, externalId's blind index, scim_id."""
+    with app.app_context():
+        user = User(organization_id=org_id, role=role, blocked=blocked, scim_id="s-" + external_id[:20],
+                    scim_external_id_hmac=vault.get_vault().blind_index(external_id))
+        directory.set_email(user, email)
+        db.session.commit()
+        return user.id
+
+
+def _users(app, org_id: int) -> list[User]:
+    with app.app_context():
+        users = list(db.session.execute(db.select(User).where(User.organization_id == org_id)
+                                        .order_by(User.id)).scalars())
+        db.session.expunge_all()
+        return users
+
+
+def _events(app, action: str) -> list[tuple[str, str, int | None]]:
+    with app.app_context():
+        return [(e.outcome, e.detail, e.actor_id) for e in db.session.execute(
+            db.select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.id)).scalars()]
+
+
+def test_provisioned_user_is_linked_at_first_sign_in_by_object_id(app, client, active):
+    lena = _provisioned(app, active, LENA, LENA_OID, role="admin")
+    before = len(_users(app, active))
+    admin = app.test_client()
+    password_sign_in(admin, "admin@northwind.example")
+    row = re.search(r"<tr>(?:(?!</tr>).)*" + re.escape(LENA) + r".*?</tr>", admin.get("/settings/users").data.decode(),
+                    re.S).group(0)
+    assert "Provisioned — not signed in yet" in row and "Managed by Microsoft Entra" in row
+
+    home = sso_sign_in(client, LENA)
+    assert home.status_code in (302, 303) and client.get("/profile/").status_code == 200
+    users = _users(app, active)
+    assert len(users) == before  # the same row, no second user
+    linked = next(u for u in users if u.id == lena)
+    assert (linked.tenant_id, linked.object_id, linked.role) == (
+        "6f1c2d3e-4a5b-4c7d-8e9f-0a1b2c3d4e5f", LENA_OID, "admin")
+    assert ("success", "provisioned_user", lena) in _events(app, "identity_linked")
+    # Now signed in: Active, still managed by Entra; an admin by the role provisioning gave.
+    row = re.search(r"<tr>(?:(?!</tr>).)*" + re.escape(LENA) + r".*?</tr>", admin.get("/settings/users").data.decode(),
+                    re.S).group(0)
+    assert ">Active" in row and "Provisioned — not signed in yet" not in row and "Managed by Microsoft Entra" in row
+    assert client.get("/settings/general").status_code == 200
+    # A second sign-in finds them by (tid, oid).
+    sign_out(client)
+    sso_sign_in(client, LENA)
+    assert len(_users(app, active)) == before
+
+
+def test_another_external_id_is_not_linked_even_with_the_same_email(app, client, active):
+    # Entra's default mapping sends mailNickname: the userName (email) matches, the externalId does not.
+    lena = _provisioned(app, active, LENA, "lena.fischer")
+    before = len(_users(app, active))
+    sso_sign_in(client, LENA)
+    users = _users(app, active)
+    assert len(users) == before + 1  # sign-in behaves as without provisioning: a new Microsoft user
+    provisioned = next(u for u in users if u.id == lena)
+    assert (provisioned.tenant_id, provisioned.object_id) == (None, None)
+    new = next(u for u in users if u.object_id == LENA_OID)
+    assert new.scim_id is None and new.role == "member"
+    assert ("success", "provisioned_user", lena) not in _events(app, "identity_linked")
+
+
+def test_provisioned_user_of_another_organisation_is_not_linked(app, client, active):
+    with app.app_context():
+        other = directory.create_organization("Fabrikam Research", ["fabrikam.example"]).id
+    stranger = _provisioned(app, other, "lena@fabrikam.example", LENA_OID)
+    sso_sign_in(client, LENA)
+    assert next(u for u in _users(app, other) if u.id == stranger).object_id is None
+    assert any(u.object_id == LENA_OID for u in _users(app, active))
+
+
+def test_blocked_provisioned_user_is_refused_and_stays_unlinked(app, client, active):
+    lena = _provisioned(app, active, LENA, LENA_OID, blocked=True)
+    before = len(_users(app, active))
+    page = sso_sign_in(client, LENA)
+    assert page.status_code == 403 and b"Your account is blocked" in page.data
+    assert client.get("/profile/").status_code in (302, 303)  # no session
+    users = _users(app, active)
+    assert len(users) == before
+    assert next(u for u in users if u.id == lena).object_id is None
+    assert _events(app, "sign_in")[-1][:2] == ("failure", "blocked")
+    with app.app_context():
+        assert db.session.get(StoredProfile, lena) is None
+
+
+def test_linked_provisioned_user_keeps_the_email_provisioning_gave_when_copies_are_off(app, client, active):
+    lena = _provisioned(app, active, LENA, LENA_OID)
+    with app.app_context():
+        db.session.get(Organization, active).store_profiles = False
+        db.session.commit()
+    sso_sign_in(client, LENA)
+    sign_out(client)  # the session's copy goes; the userName stays the provisioned user's email
+    with app.app_context():
+        user = db.session.get(User, lena)
+        assert user.object_id == LENA_OID and directory.user_email(user) == LENA
+        assert [u.id for u in directory.users_by_email(LENA)] == [lena]
+
+
+def test_app_roles_do_not_change_roles_while_an_admin_group_is_set(app, client, active, emulator):
+    lena = _provisioned(app, active, LENA, LENA_OID)
+    with app.app_context():
+        org = db.session.get(Organization, active)
+        group = ScimGroup(organization_id=active, scim_id="g-admins", name_hmac=b"x" * 32, name_enc=b"")
+        db.session.add(group)
+        db.session.flush()
+        org.admins_from_entra, org.scim_admin_group_id = True, group.id
+        db.session.commit()
+    emulator.assign_app_role(LENA, "Portal.Admin")
+    sso_sign_in(client, LENA)
+    assert next(u for u in _users(app, active) if u.id == lena).role == "member"
+    assert _events(app, "role_changed") == []
+    # The USERS tab does not say app roles decide (provisioning does), and its role buttons work.
+    admin = app.test_client()
+    password_sign_in(admin, "admin@northwind.example")
+    users = admin.get("/settings/users")
+    assert b'id="entra-note"' not in users.data and b" disabled aria-describedby" not in users.data
+    sign_out(client)
+    # Without the group the app role decides again.
+    with app.app_context():
+        db.session.get(Organization, active).scim_admin_group_id = None
+        db.session.commit()
+    sso_sign_in(client, LENA)
+    assert next(u for u in _users(app, active) if u.id == lena).role == "admin"
