@@ -24,7 +24,9 @@ import configuration
 import demo
 import entra
 import throttles
-from blueprints import auth, home, profile, settings, websession
+import hashlib
+
+from blueprints import auth, home, profile, scim, settings, websession
 
 ConfigError = configuration.ConfigError
 # What a database that does not answer (or cannot write) raises: the portal's 503 page, never a 500.
@@ -66,7 +68,7 @@ def _build(app: Flask) -> None:
     if app.config["DEMO_MODE"]:
         demo.wire(app)
 
-    for bp in (home.bp, auth.bp, settings.bp, profile.bp):
+    for bp in (home.bp, auth.bp, settings.bp, profile.bp, scim.bp):
         app.register_blueprint(bp)
     commands.init_app(app)
     _register_error_pages(app)
@@ -117,26 +119,36 @@ def _wire_rate_limits(app: Flask) -> None:
     limiter = _Limiter(lambda: throttling.address_key(get_remote_address()), app=app)
 
     @limiter.request_filter
-    def not_a_sign_in() -> bool:
+    def not_limited() -> bool:
         # Every other request (page views, static files, GETs of the sign-in pages) leaves the limiter here,
         # before it resolves any limit or touches its storage.
-        return (request.endpoint, request.method) not in auth.SIGN_IN_ENDPOINTS
+        return (request.endpoint, request.method) not in auth.SIGN_IN_ENDPOINTS and request.blueprint != "scim"
 
     limiter.shared_limit(lambda: app.config["RATELIMIT_SIGN_IN_PER_IP"], scope="sign-in-ip")(auth.bp)
     limiter.shared_limit(lambda: app.config["RATELIMIT_PASSWORD_PER_IP"], scope="password-ip",
                          exempt_when=lambda: request.endpoint != "auth.password")(auth.bp)
+    # SCIM: counted per bearer token (its SHA-256, as stored), a request without one per client.
+    limiter.limit(lambda: app.config["RATELIMIT_SCIM"], key_func=_scim_key, scope="scim")(scim.bp)
+
+
+def _scim_key() -> str:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return "scim-token:" + hashlib.sha256(token.strip().encode("utf-8")).hexdigest()
+    return throttling.address_key(get_remote_address())
 
 
 def _wire_csrf(app: Flask) -> None:
     """The token on every POST; over HTTPS a same-origin Referer (Flask-WTF); an Origin, when sent, must be ours."""
-    CSRFProtect(app)
+    csrf = CSRFProtect(app)
+    csrf.exempt(scim.bp)  # Entra authenticates with a bearer token, never a cookie: nothing to forge
 
     @app.before_request
     def same_origin_post():
         # Runs after Flask-WTF's check. Browsers send Origin with every form POST ("null" when they withhold it):
         # a cross-site one, or "null", is refused even over plain HTTP, where Flask-WTF checks no Referer.
         origin = request.headers.get("Origin")
-        if (origin is not None and request.method in app.config["WTF_CSRF_METHODS"]
+        if (origin is not None and request.method in app.config["WTF_CSRF_METHODS"] and request.blueprint != "scim"
                 and app.config["WTF_CSRF_ENABLED"] and not same_origin(origin, request.host_url)):
             # Logged: "https" against "http" here usually means a TLS proxy the portal is not told about.
             raise CSRFError(f"The origin header {origin[:100]!r} does not match {request.host_url[:-1]!r} "

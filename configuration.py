@@ -26,7 +26,8 @@ BOOLEAN_KEYS = (
 # Numbers the portal computes with: (key, smallest allowed value).
 NUMBER_KEYS = (("ENTRA_TIMEOUT", 0.001), ("SESSION_IDLE_MINUTES", 0.001), ("SESSION_MAX_HOURS", 0.001),
                ("SESSION_SWEEP_SECONDS", 0),
-               ("PROXY_FIX_X_FOR", 0), ("PROXY_FIX_X_PROTO", 0), ("MAX_CONTENT_LENGTH", 1))
+               ("PROXY_FIX_X_FOR", 0), ("PROXY_FIX_X_PROTO", 0), ("MAX_CONTENT_LENGTH", 1),
+               ("SCIM_MAX_CONTENT_LENGTH", 1))
 WHERE = "in instance/config.py or as FLASK_{key}"
 
 
@@ -71,6 +72,10 @@ def defaults() -> dict[str, Any]:
         RATELIMIT_SIGN_IN_PER_IP="1000 per minute; 10000 per hour",
         RATELIMIT_PASSWORD_PER_IP="60 per minute; 600 per hour",
         RATELIMIT_SIGN_IN_PER_ACCOUNT="10 per minute; 100 per hour",
+        # User provisioning (SCIM): requests per bearer token (Entra's provisioning service); a larger body limit
+        # than the pages' for PATCHes that add hundreds of group members at once.
+        RATELIMIT_SCIM="6000 per minute",
+        SCIM_MAX_CONTENT_LENGTH=1024 * 1024,
         # The portal's own name and links (header, titles, consent explanation, footer).
         PORTAL_NAME="Customer Portal",
         PORTAL_LOGO=None,  # a file name in instance/ (.png, .svg, .jpg, .webp), served at /logo

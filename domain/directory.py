@@ -5,6 +5,8 @@ import logging
 from dataclasses import dataclass
 from typing import Iterable
 
+from sqlalchemy.orm.attributes import set_committed_value
+
 import vault
 from domain import sealed
 from domain.addresses import normalise_domain, normalise_email
@@ -14,7 +16,8 @@ from domain.policy import OPERATOR, Actor, require_admin
 from domain.profiles import email_from_copy, scrub_deleted
 from domain.races import commit_or_conflict
 from domain.throttling import account_key
-from models import AuditEvent, Domain, LoginSession, Organization, SignInHit, StoredProfile, User, db
+from models import (AuditEvent, Domain, LoginSession, Organization, ScimGroup, ScimGroupMember, SignInHit, StoredProfile,
+                    User, db)
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +200,20 @@ def _known_email(user: User) -> str:
         return ""
 
 
+def delete_groups(org: Organization, group_ids: list[int]) -> None:
+    """Delete provisioned groups and their memberships (the caller commits); the organisation's admin-group
+    setting is cleared first when it names one of them (its foreign key has no ON DELETE)."""
+    sync = {"synchronize_session": False}
+    db.session.execute(db.update(Organization).where(Organization.id == org.id,
+                                                     Organization.scim_admin_group_id.in_(group_ids))
+                       .values(scim_admin_group_id=None), execution_options=sync)
+    db.session.execute(db.delete(ScimGroupMember).where(ScimGroupMember.group_id.in_(group_ids)),
+                       execution_options=sync)
+    db.session.execute(db.delete(ScimGroup).where(ScimGroup.id.in_(group_ids)), execution_options=sync)
+    if org.scim_admin_group_id in group_ids:
+        set_committed_value(org, "scim_admin_group_id", None)  # the object in hand follows the UPDATE above
+
+
 def delete_organization(org: Organization, actor: Actor = OPERATOR) -> dict[str, int]:
     """Delete an organisation with its domains, users and everything stored about them; return counts by kind.
 
@@ -225,6 +242,9 @@ def delete_organization(org: Organization, actor: Actor = OPERATOR) -> dict[str,
     counts["throttle count"] = hits
     db.session.execute(db.update(Organization).where(Organization.id == org.id)
                        .values(sso_activated_by_id=None, admin_consent_by_id=None), execution_options=sync)
+    groups = list(db.session.execute(db.select(ScimGroup.id).where(ScimGroup.organization_id == org.id)).scalars())
+    delete_groups(org, groups)
+    counts["provisioned group"] = len(groups)
     db.session.execute(db.delete(User).where(User.organization_id == org.id), execution_options=sync)
     counts["domain"] = db.session.execute(db.delete(Domain).where(Domain.organization_id == org.id),
                                           execution_options=sync).rowcount or 0

@@ -19,7 +19,7 @@ from domain.policy import Actor, require_admin
 from domain.profiles import scrub_deleted
 from domain.sessions import end_all_sessions
 from domain.throttling import account_key
-from models import AuditEvent, Organization, SignInHit, StoredProfile, User, db
+from models import AuditEvent, Organization, ScimGroupMember, SignInHit, StoredProfile, User, db
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +249,7 @@ def remove(org: Organization, user: User, actor: Actor) -> None:
     sync = {"synchronize_session": False}
     end_all_sessions(user_id)
     db.session.execute(db.delete(StoredProfile).where(StoredProfile.user_id == user_id), execution_options=sync)
+    db.session.execute(db.delete(ScimGroupMember).where(ScimGroupMember.user_id == user_id), execution_options=sync)
     if key:
         db.session.execute(db.delete(SignInHit).where(SignInHit.key.contains(key, autoescape=True)),
                            execution_options=sync)
