@@ -1,15 +1,15 @@
 """Settings (admins only): GENERAL, USERS, SECURITY (sign-on, profiles, admin consent, enforcement, Entra admin
-roles) and AUDIT LOG tabs."""
+roles, user provisioning) and AUDIT LOG tabs."""
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, RadioField
+from wtforms import BooleanField, RadioField, SelectField
 
 from blueprints import websession
 from blueprints.auth import consent_page
-from domain import auditlog, consent, directory, members, profiles, signin
+from domain import auditlog, consent, directory, members, profiles, provisioning, signin
 from domain.errors import InvalidInput
 from models import Organization
 
@@ -47,8 +47,25 @@ class StoreProfilesForm(FlaskForm):
     store_profiles = BooleanField("Store an encrypted copy of user profiles")
 
 
+class AdminGroupForm(FlaskForm):
+    """User provisioning's "Members of this group are admins": one of the provisioned groups, or none ("")."""
+
+    group = SelectField("Members of this group are admins")
+
+    def __init__(self, status: provisioning.ProvisioningStatus, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.group.choices = [("", "None")] + [(c.scim_id, c.name) for c in status.group_choices]
+
+
 def _org() -> Organization:
     return current_user.organization
+
+
+def tenant_url() -> str:
+    """The SCIM endpoint's address for Entra's Tenant URL: from the configured external address (SERVER_NAME and
+    PREFERRED_URL_SCHEME, like the redirect URI), never from the request, so it is right behind a proxy."""
+    cfg = current_app.config
+    return f"{cfg['PREFERRED_URL_SCHEME']}://{cfg['SERVER_NAME']}{cfg['APPLICATION_ROOT'].rstrip('/')}/scim/v2/"
 
 
 @bp.get("/")
@@ -71,7 +88,13 @@ def security():
                            consent_by=directory.display_user(_org().admin_consent_by),
                            break_glass=consent.break_glass_count(_org()),
                            enforcement=EnforcementForm(require_sso=_org().require_sso),
-                           entra_admins=EntraAdminsForm(admins_from_entra=_org().admins_from_entra))
+                           entra_admins=EntraAdminsForm(admins_from_entra=_org().admins_from_entra),
+                           **_provisioning_block())
+
+
+def _provisioning_block() -> dict:
+    scim = provisioning.status(_org())
+    return {"scim": scim, "tenant_url": tenant_url(), "admin_group": AdminGroupForm(scim, group=scim.admin_group or "")}
 
 
 @bp.get("/audit")
@@ -154,6 +177,48 @@ def entra_admins():
     if members.set_admins_from_entra(_org(), bool(form.admins_from_entra.data), current_user):
         flash("Admins are now assigned in Microsoft Entra: the app role Portal.Admin decides at each Microsoft "
               "sign-in." if form.admins_from_entra.data else "Admins are assigned on the USERS tab again.", "success")
+    return redirect(url_for("settings.security"), 303)
+
+
+# -- User provisioning (SCIM) ----------------------------------------------------------------------------------------
+
+@bp.post("/security/provisioning/token")
+def generate_scim_token():
+    """Generate (or rotate) the provisioning token and show it once, on this response only."""
+    token = provisioning.generate_token(_org(), current_user)
+    response = make_response(render_template("settings/provisioning_token.html", org=_org(), tab="security",
+                                             token=token, tenant_url=tenant_url()))
+    response.headers["Cache-Control"] = "no-store"  # said here too: this page must never be kept or shown again
+    return response
+
+
+@bp.get("/security/provisioning/rotate")
+def confirm_rotate_scim_token():
+    return render_template("settings/confirm_rotate.html", org=_org(), tab="security")
+
+
+@bp.post("/security/provisioning/off")
+def turn_off_provisioning():
+    if provisioning.turn_off(_org(), current_user):
+        flash("User provisioning is off: the token no longer works, so Microsoft Entra's provisioning calls fail. "
+              "Provisioned users and groups stay as they are.", "success")
+    return redirect(url_for("settings.security"), 303)
+
+
+@bp.post("/security/provisioning/admin-group")
+def scim_admin_group():
+    """Save "Members of this group are admins"."""
+    if not _org().sso_active:
+        raise InvalidInput("User provisioning needs single sign-on: activate it first.",
+                           title="Single sign-on is off")
+    form = AdminGroupForm(provisioning.status(_org()))
+    if not form.validate_on_submit():
+        raise InvalidInput("That group is not one of the groups Microsoft Entra provisioned. Reload the SECURITY tab "
+                           "and choose again. Nothing was changed.")
+    if provisioning.set_admin_group(_org(), form.group.data or None, current_user):
+        name = dict(form.group.choices).get(form.group.data)
+        flash(f"Members of the group {name} are admins now; provisioning decides roles, not app roles at sign-in."
+              if form.group.data else "No provisioned group decides who is admin any more.", "success")
     return redirect(url_for("settings.security"), 303)
 
 

@@ -100,6 +100,9 @@ def _rows(org: Organization, users: list[User]) -> list[MemberRow]:
             email = user_email(user)
             if user.id in copies:
                 name = str(sealed.open_sealed("profile", user, copies[user.id]).get("displayName") or "")
+            elif user.scim_data_enc:  # provisioned, not signed in yet: the name Entra sent
+                data = sealed.open_sealed("scim", user, user.scim_data_enc)
+                name = str(data.get("displayName") or "") if isinstance(data, dict) else ""
         except StoredDataUnreadable:
             name = name or "(stored data cannot be read)"
         rows.append(MemberRow(id=user.id, name=name, email=email, role=user.role, sign_in=sign_in_methods(user),

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import entra
-import vault
+from domain import sealed
 from domain.addresses import normalise_or_raw, org_emails
 from domain.audit import failures_recorded, record
 from domain.directory import Realm, user_email, users_by_email
@@ -133,7 +133,7 @@ def _provisioned_user(org: Organization, oid: str) -> User | None:
     id (compared by its blind index under every key, so a key rotation in progress does not hide anyone)."""
     found = db.session.execute(db.select(User).where(
         User.organization_id == org.id, User.object_id.is_(None), User.scim_id.is_not(None),
-        User.scim_external_id_hmac.in_(vault.get_vault().blind_indexes(oid)))).scalars().all()
+        User.scim_external_id_hmac.in_(sealed.blind_indexes("scim", {"externalId": oid})))).scalars().all()
     return found[0] if len(found) == 1 else None  # externalIds are unique among an organisation's users
 
 

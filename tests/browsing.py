@@ -413,6 +413,9 @@ class Browser:
                     continue
                 unknown = set(fields or {}) - set(form["fields"])
                 assert not unknown, f"a person can only fill fields the form has, not {sorted(unknown)}"
+                offered = {n: v for n, v in (fields or {}).items() if n in form["selects"]}
+                assert all(v in form["selects"][n] for n, v in offered.items()), \
+                    f"a person can only choose an option the list offers, not {offered}"
                 data = form_data(form, name, value, fields=fields, checks=checks, radio=radio)
                 action = urljoin(page.url, form["action"] or page.url)
                 csp = page.headers.get("Content-Security-Policy")

@@ -46,7 +46,7 @@ class _Forms(HTMLParser):
         a = dict(attrs)
         if tag == "form":
             self._current = {"action": a.get("action", ""), "method": a.get("method", "get").lower(),
-                             "fields": {}, "buttons": [], "checkboxes": {}, "radios": {}}
+                             "fields": {}, "buttons": [], "checkboxes": {}, "radios": {}, "selects": {}}
             self.forms.append(self._current)
         elif self._current is None:
             return
@@ -66,6 +66,15 @@ class _Forms(HTMLParser):
             self._pending_button = self._current["buttons"][-1]
         elif tag in ("select", "textarea") and a.get("name"):
             self._current["fields"][a["name"]] = ""
+            self._select = a["name"] if tag == "select" else None
+            if tag == "select":
+                self._current["selects"][a["name"]] = []
+        elif tag == "option" and getattr(self, "_select", None):
+            # A select sends its selected option, else its first one; `selects` lists the values offered.
+            options = self._current["selects"][self._select]
+            options.append(a.get("value", ""))
+            if "selected" in a or len(options) == 1:
+                self._current["fields"][self._select] = a.get("value", "")
 
     def handle_data(self, data):
         if getattr(self, "_pending_button", None) and self._current:
@@ -73,7 +82,9 @@ class _Forms(HTMLParser):
             self._current["buttons"][-1] = (name, value, ((label or "") + data).strip())
 
     def handle_endtag(self, tag):
-        if tag == "button":
+        if tag == "select":
+            self._select = None
+        elif tag == "button":
             self._pending_button = None
         elif tag == "form":
             self._current = None
@@ -202,6 +213,38 @@ def activate_sso(client, *, admin: str = "admin@northwind.example", microsoft_us
 
 def sign_out(client):
     return submit(client, client.get("/"), "Sign out")
+
+
+def provisioning_token(app, org_id: int) -> str:
+    """Turn user provisioning on for the organisation (as the operator would) and return the bearer token."""
+    from domain import policy, provisioning
+    with app.app_context():
+        return provisioning.generate_token(db.session.get(Organization, org_id), policy.OPERATOR)
+
+
+def scim_call(client, token: str, method: str, path: str, body: dict | None = None, **kwargs):
+    """One call to the SCIM endpoint as Entra's provisioning service makes it."""
+    return client.open("/scim/v2/" + path.lstrip("/"), method=method, json=body,
+                       headers={"Authorization": "Bearer " + token, "Content-Type": "application/scim+json"},
+                       **kwargs)
+
+
+def scim_user(client, token: str, user_name: str, external_id: str, *, active: bool = True, **extra) -> str:
+    """POST /Users (Entra's create); return the new user's SCIM id."""
+    body = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": user_name,
+            "externalId": external_id, "active": active, **extra}
+    resp = scim_call(client, token, "POST", "Users", body)
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    return resp.get_json()["id"]
+
+
+def scim_group(client, token: str, name: str, member_ids: list[str] = ()) -> str:
+    """POST /Groups with its members; return the group's SCIM id."""
+    body = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:Group"], "displayName": name,
+            "members": [{"value": m} for m in member_ids]}
+    resp = scim_call(client, token, "POST", "Groups", body)
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    return resp.get_json()["id"]
 
 
 def database_bytes(app) -> bytes:

@@ -228,3 +228,58 @@ def test_admin_finds_and_blocks_a_member_on_the_users_tab(prod_app, prod_emulato
     assert again.url.startswith(PORTAL + "/login") and "Sales Manager" not in again
     refused = member.sso_sign_in(MEMBER)
     assert refused.status == 403 and "Your account is blocked" in refused
+
+
+def test_admin_turns_user_provisioning_on_entra_provisions_rotates_and_turns_it_off(prod_app, prod_emulator,
+                                                                                    prod_browser):
+    import re
+
+    from browsing import PortalBrowser
+    from emulator.transport import WSGIAdapter
+    from helpers import scim_call
+
+    def valid(token: str) -> bool:
+        """Whether Entra's provisioning service gets in with the token (401 otherwise)."""
+        resp = scim_call(prod_app.test_client(), token, "GET", "ServiceProviderConfig", base_url=PORTAL)
+        assert resp.status_code in (200, 401)
+        return resp.status_code == 200
+
+    _activate(prod_browser)
+    prod_browser.sign_in_locally(ADMIN, PASSWORD, password_link=True)
+    assert "User provisioning (SCIM)" in prod_browser.open("/settings/security")
+    shown = prod_browser.submit("Generate token")
+    assert shown.url == PORTAL + "/settings/security/provisioning/token" and shown.status == 200
+    assert shown.headers["Cache-Control"] == "no-store" and "it will not be shown again" in shown
+    assert 'id="tenant-url" type="text" readonly value="https://portal.example.com/scim/v2/"' in shown
+    (post,) = _posts(prod_browser, "/settings/security/provisioning/token")
+    assert post.headers["Origin"] == PORTAL and post.headers["Referer"] == PORTAL + "/settings/security"
+    token = re.search(r'id="secret-token" type="text" readonly value="([^"]+)"', shown.text).group(1)
+    assert all(token not in s.url for s in prod_browser.sent)
+    back = prod_browser.click("Back to SECURITY")
+    assert "<code>https://portal.example.com/scim/v2/</code>" in back and token not in back
+
+    # The admin pastes the Tenant URL and token into Entra, which runs a cycle: Lena through the Sales team.
+    prod_emulator.provisioning_session.mount(PORTAL + "/", WSGIAdapter(prod_app))
+    prod_emulator.configure_provisioning(NORTHWIND_TID, tenant_url=PORTAL + "/scim/v2/", token=token)
+    prod_emulator.set_tenant(NORTHWIND_TID, assigned=["8a1b2c3d-0e1f-4a2b-9c3d-4e5f6a7b8c01"])
+    summary = prod_emulator.provision(NORTHWIND_TID)
+    assert summary["users"]["created"] == 1 and not summary["errors"], summary
+    block = prod_browser.open("/settings/security")
+    assert "<dt>Provisioned users</dt><dd>1</dd>" in block and "<dt>Provisioned groups</dt><dd>1</dd>" in block
+    assert "<dt>Entra last called</dt><dd>never</dd>" not in block
+    users = prod_browser.open("/settings/users")
+    assert re.search(re.escape(MEMBER) + r"</td>.*?Provisioned — not signed in yet", users.text, re.S)
+    member = PortalBrowser({"portal.example.com": prod_app, "login.microsoftonline.com": prod_emulator.wsgi}, PORTAL)
+    assert member.sso_sign_in(MEMBER).url == PORTAL + "/"
+    assert "<dt>Not yet linked to a Microsoft sign-in</dt><dd>0</dd>" in prod_browser.open("/settings/security")
+
+    prod_browser.click("Rotate token…")
+    rotated = prod_browser.submit("Rotate token")
+    new = re.search(r'id="secret-token" type="text" readonly value="([^"]+)"', rotated.text).group(1)
+    assert new != token and not valid(token) and valid(new)
+    assert prod_emulator.provision(NORTHWIND_TID)["errors"]  # Entra still holds the old token: refused
+
+    prod_browser.open("/settings/security")
+    off = prod_browser.submit("Turn off")
+    assert off.url == PORTAL + "/settings/security" and "User provisioning is off" in prod_browser.flash()
+    assert not valid(new) and "Generate token" in off

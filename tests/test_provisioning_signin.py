@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-import vault
-from domain import directory
-from helpers import password_sign_in, sign_out, sso_sign_in
-from models import AuditEvent, Organization, ScimGroup, StoredProfile, User, db
+from domain import directory, members, policy, provisioning
+from helpers import (FABRIKAM_TID, password_sign_in, provisioning_token, scim_group, scim_user, sign_out,
+                     sso_sign_in)
+from models import AuditEvent, Organization, StoredProfile, User, db
 
 LENA = "lena.fischer@northwind.example"
 LENA_OID = "1b7e2d63-8d2f-4e1c-8b68-4f3a2c9d5e02"
@@ -15,13 +15,23 @@ LENA_OID = "1b7e2d63-8d2f-4e1c-8b68-4f3a2c9d5e02"
 
 def _provisioned(app, org_id: int, email: str, external_id: str, *, role: str = "member",
                  blocked: bool = False) -> int:
-    """A provisioned user as the endpoint stores one: email from userName, externalId's blind index, scim_id."""
+    """Entra provisions the user through the endpoint (POST /Users); return their row id."""
+    client = app.test_client()
+    scim_id = scim_user(client, _token(app, org_id), email, external_id, active=not blocked,
+                        displayName="Lena Fischer")
     with app.app_context():
-        user = User(organization_id=org_id, role=role, blocked=blocked, scim_id="s-" + external_id[:20],
-                    scim_external_id_hmac=vault.get_vault().blind_index(external_id))
-        directory.set_email(user, email)
-        db.session.commit()
+        user = db.session.execute(db.select(User).where(User.scim_id == scim_id)).scalar_one()
+        if role != user.role:
+            members.set_role(user.organization, user, role, policy.OPERATOR)
         return user.id
+
+
+def _token(app, org_id: int) -> str:
+    """The organisation's provisioning token, made once per test's portal (generating again would rotate it)."""
+    tokens = app.extensions.setdefault("test_scim_tokens", {})
+    if org_id not in tokens:
+        tokens[org_id] = provisioning_token(app, org_id)
+    return tokens[org_id]
 
 
 def _users(app, org_id: int) -> list[User]:
@@ -46,6 +56,7 @@ def test_provisioned_user_is_linked_at_first_sign_in_by_object_id(app, client, a
     row = re.search(r"<tr>(?:(?!</tr>).)*" + re.escape(LENA) + r".*?</tr>", admin.get("/settings/users").data.decode(),
                     re.S).group(0)
     assert "Provisioned — not signed in yet" in row and "Managed by Microsoft Entra" in row
+    assert ">Lena Fischer</td>" in row  # the name Entra sent, until a sign-in brings the profile
 
     home = sso_sign_in(client, LENA)
     assert home.status_code in (302, 303) and client.get("/profile/").status_code == 200
@@ -82,7 +93,10 @@ def test_another_external_id_is_not_linked_even_with_the_same_email(app, client,
 
 def test_provisioned_user_of_another_organisation_is_not_linked(app, client, active):
     with app.app_context():
-        other = directory.create_organization("Fabrikam Research", ["fabrikam.example"]).id
+        fabrikam = directory.create_organization("Fabrikam Research", ["fabrikam.example"])
+        fabrikam.tenant_id, fabrikam.sso_active = FABRIKAM_TID, True  # provisioning needs SSO on
+        db.session.commit()
+        other = fabrikam.id
     stranger = _provisioned(app, other, "lena@fabrikam.example", LENA_OID)
     sso_sign_in(client, LENA)
     assert next(u for u in _users(app, other) if u.id == stranger).object_id is None
@@ -116,28 +130,30 @@ def test_linked_provisioned_user_keeps_the_email_provisioning_gave_when_copies_a
         assert [u.id for u in directory.users_by_email(LENA)] == [lena]
 
 
-def test_app_roles_do_not_change_roles_while_an_admin_group_is_set(app, client, active, emulator):
+def test_app_roles_do_not_change_roles_while_an_admin_group_is_set(app, client, active):
     lena = _provisioned(app, active, LENA, LENA_OID)
     with app.app_context():
+        lena_scim = db.session.get(User, lena).scim_id
+    group = scim_group(app.test_client(), _token(app, active), "Portal Admins", [lena_scim])
+    with app.app_context():
         org = db.session.get(Organization, active)
-        group = ScimGroup(organization_id=active, scim_id="g-admins", name_hmac=b"x" * 32, name_enc=b"")
-        db.session.add(group)
-        db.session.flush()
-        org.admins_from_entra, org.scim_admin_group_id = True, group.id
-        db.session.commit()
-    emulator.assign_app_role(LENA, "Portal.Admin")
+        provisioning.set_admin_group(org, group, policy.OPERATOR)  # its members become admins at once
+        members.set_admins_from_entra(org, True, policy.OPERATOR)
+    # Lena holds no app role Portal.Admin: app roles would make her a member; the admin group keeps her an admin.
     sso_sign_in(client, LENA)
-    assert next(u for u in _users(app, active) if u.id == lena).role == "member"
-    assert _events(app, "role_changed") == []
+    assert next(u for u in _users(app, active) if u.id == lena).role == "admin"
+    assert not [d for _, d, _ in _events(app, "role_changed") if d.endswith("entra")]
+    assert client.get("/settings/general").status_code == 200
     # The USERS tab does not say app roles decide (provisioning does), and its role buttons work.
     admin = app.test_client()
     password_sign_in(admin, "admin@northwind.example")
     users = admin.get("/settings/users")
     assert b'id="entra-note"' not in users.data and b" disabled aria-describedby" not in users.data
+    security = admin.get("/settings/security").data.decode()
+    assert "A provisioned group decides who is admin" in security
     sign_out(client)
-    # Without the group the app role decides again.
+    # Without the group the app roles decide again: no Portal.Admin, a member.
     with app.app_context():
-        db.session.get(Organization, active).scim_admin_group_id = None
-        db.session.commit()
+        provisioning.set_admin_group(db.session.get(Organization, active), None, policy.OPERATOR)
     sso_sign_in(client, LENA)
-    assert next(u for u in _users(app, active) if u.id == lena).role == "admin"
+    assert next(u for u in _users(app, active) if u.id == lena).role == "member"
