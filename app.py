@@ -128,7 +128,7 @@ def _wire_rate_limits(app: Flask) -> None:
     limiter.shared_limit(lambda: app.config["RATELIMIT_PASSWORD_PER_IP"], scope="password-ip",
                          exempt_when=lambda: request.endpoint != "auth.password")(auth.bp)
     # SCIM: counted per bearer token (its SHA-256, as stored), a request without one per client.
-    limiter.limit(lambda: app.config["RATELIMIT_SCIM"], key_func=_scim_key, scope="scim")(scim.bp)
+    limiter.shared_limit(lambda: app.config["RATELIMIT_SCIM"], scope="scim", key_func=_scim_key)(scim.bp)
 
 
 def _scim_key() -> str:

@@ -68,6 +68,8 @@ def invalid_body(e: ValidationError):
 
 
 @bp.errorhandler(HTTPException)
+@bp.errorhandler(429)  # by code too: the app's own 429 page is registered by code, which Flask tries first
+@bp.errorhandler(500)
 def http_error(e: HTTPException):
     # 405, 413 (the body limit), 429 (the rate limit) and the like, as SCIM errors rather than the portal's page.
     if e.code == 413:
@@ -76,8 +78,12 @@ def http_error(e: HTTPException):
         response = scim_error(TooMany())
         response.headers.extend((k, v) for k, v in (e.get_headers() or []) if k.lower() == "retry-after")
         return response
-    error = scim.SCIMException(detail=e.name)
-    error.status = e.code or 400
+    if not isinstance(e, HTTPException) or (e.code or 500) >= 500:
+        error = scim.SCIMException(detail="The portal could not finish this request.")
+        error.status = 500
+    else:
+        error = scim.SCIMException(detail=e.name)
+        error.status = e.code or 400
     return scim_error(error)
 
 

@@ -50,7 +50,7 @@ class StoreProfilesForm(FlaskForm):
 class AdminGroupForm(FlaskForm):
     """User provisioning's "Members of this group are admins": one of the provisioned groups, or none ("")."""
 
-    group = SelectField("Members of this group are admins")
+    group = SelectField("Members of this group are admins", id="scim-admin-group")
 
     def __init__(self, status: provisioning.ProvisioningStatus, **kwargs) -> None:
         super().__init__(**kwargs)

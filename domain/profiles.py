@@ -73,8 +73,8 @@ def photo_of(user: User) -> tuple[bytes, str] | None:
 
 
 def _microsoft_only(user: User) -> bool:
-    """An account that exists only through Microsoft sign-in: no password, so its email is Microsoft's data too.
-    Not a provisioned one: its email is the userName Entra's provisioning gave it, kept whatever the setting."""
+    """An account that exists only through Microsoft: no password, so its email is Microsoft's data too. A
+    provisioned user's email is their userName, given by provisioning like an admin gives a password account's."""
     return user.password_hash is None and user.object_id is not None and user.scim_id is None
 
 
@@ -117,6 +117,9 @@ def _forget_copies(user_ids: Any, *, kept_only: bool) -> int:
         db.update(User).where(User.id.in_(user_ids), User.password_hash.is_(None), User.object_id.is_not(None),
                               User.scim_id.is_(None))
         .values(email_enc=b"", email_hmac=b""), execution_options={"synchronize_session": False})
+    # What provisioning (SCIM) sent goes too; the externalId's index stays (it links the user at sign-in).
+    db.session.execute(db.update(User).where(User.id.in_(user_ids), User.scim_data_enc.is_not(None))
+                       .values(scim_data_enc=None), execution_options={"synchronize_session": False})
     db.session.expire_all()  # the bulk statements bypassed objects already loaded
     return deleted or 0
 

@@ -11,6 +11,7 @@ import tempfile
 from playwright.sync_api import Page, sync_playwright
 
 from demo import DEMO_PASSWORD
+from tests.helpers import NORTHWIND_TID
 from tests.browser.live import LivePortal, launch_chromium
 from tests.browser.steps import Walk
 
@@ -37,7 +38,27 @@ PAGES = {
     "audit-360": "14-audit-log-360px.png",
     "login-invalid-email": "15-login-inline-error.png",
     "settings-users": "16-users.png",
+    "provisioning-token": "17-provisioning-token.png",
+    "security-provisioning": "18-security-provisioning.png",
 }
+# Keys shot as one element rather than the whole page (the SECURITY tab is long).
+ELEMENTS = {"security-provisioning": "#provisioning"}
+
+
+def provision(walk: Walk, portal: LivePortal) -> None:
+    """SECURITY → Generate token; Entra (the emulator) provisions the Sales team and Operations with it; the block
+    after the cycle, with Operations as the admin group."""
+    walk.click("SECURITY", role="link").at("Settings", "settings-security")
+    walk.click("Generate token").at("Settings", "provisioning-token")
+    tenant_url = walk.page.get_by_label("Tenant URL", exact=True).input_value()
+    token = walk.page.get_by_label("Secret Token", exact=True).input_value()
+    emulator = portal.emulator
+    emulator.configure_provisioning(NORTHWIND_TID, tenant_url=tenant_url, token=token)
+    emulator.set_tenant(NORTHWIND_TID, assigned=[g.id for g in emulator.directory.tenant(NORTHWIND_TID).groups])
+    emulator.provision(NORTHWIND_TID)  # over HTTP to the live portal, as Entra calls the Tenant URL
+    walk.goto("/settings/security").at("Settings", "settings-security")
+    walk.page.get_by_label("Members of this group are admins").select_option(label="Operations")
+    walk.click("Save admin group").at("Settings", "security-provisioning")
 
 
 def main() -> None:
@@ -46,7 +67,10 @@ def main() -> None:
 
     def shoot(key: str, page: Page) -> None:
         if key in PAGES and key not in saved:
-            page.screenshot(path=os.path.join(OUT, PAGES[key]), full_page=True)
+            if key in ELEMENTS:
+                page.locator(ELEMENTS[key]).screenshot(path=os.path.join(OUT, PAGES[key]))
+            else:
+                page.screenshot(path=os.path.join(OUT, PAGES[key]), full_page=True)
             saved.add(key)
             print("saved", PAGES[key])
 
@@ -77,6 +101,7 @@ def main() -> None:
         walk.at("Settings", "security-admin-consent")
         walk.click("AUDIT LOG", role="link").at("Settings", "settings-audit")
         walk.click("USERS", role="link").at("Settings", "settings-users")
+        provision(walk, portal)
 
         admin_phone = browser.new_context(viewport={"width": 360, "height": 740}, java_script_enabled=False)
         walk = Walk(admin_phone.new_page(), portal, on_arrive=shoot)

@@ -174,3 +174,18 @@ def emulator_server(tmp_path):
                               client_secret=client["FLASK_ENTRA_CLIENT_SECRET"])
     finally:
         procs.stop()
+
+
+# -- user provisioning (SCIM) -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def scim(app, client, active):
+    """Northwind (SSO active) with a provisioning token: a client that calls /scim/v2/ as Entra does."""
+    from domain import provisioning
+    from domain.policy import OPERATOR
+    from models import Organization
+    from scim_client import ScimClient
+
+    with app.app_context():
+        token = provisioning.generate_token(db.session.get(Organization, active), OPERATOR)
+    return ScimClient(app.test_client(), token)

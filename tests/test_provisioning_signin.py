@@ -157,3 +157,15 @@ def test_app_roles_do_not_change_roles_while_an_admin_group_is_set(app, client, 
         provisioning.set_admin_group(db.session.get(Organization, active), None, policy.OPERATOR)
     sso_sign_in(client, LENA)
     assert next(u for u in _users(app, active) if u.id == lena).role == "member"
+
+
+def test_the_users_export_marks_provisioned_users(app, runner, active):
+    import json
+
+    lena = _provisioned(app, active, LENA, LENA_OID)
+    result = runner.invoke(args=["users", "--org", "Northwind Traders"])
+    assert result.exit_code == 0, result.output
+    rows = {row["id"]: row for row in map(json.loads, result.output.splitlines())}
+    assert (rows[lena]["provisioned"], rows[lena]["status"], rows[lena]["email"]) == (True, "provisioned", LENA)
+    admin = next(r for r in rows.values() if r["email"] == "admin@northwind.example")
+    assert (admin["provisioned"], admin["status"]) == (False, "active")
