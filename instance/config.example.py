@@ -76,6 +76,12 @@
 # X-RateLimit-* headers on the sign-in endpoints.
 # RATELIMIT_HEADERS_ENABLED = True
 
+# -- user provisioning (SCIM) ----------------------------------------------------------------------------------
+# Requests per bearer token to /scim/v2/ (Entra's provisioning service); more get a SCIM 429 with Retry-After.
+# RATELIMIT_SCIM = "6000 per minute"
+# Largest request body /scim/v2/ accepts (a PATCH may add hundreds of group members at once).
+# SCIM_MAX_CONTENT_LENGTH = 1048576
+
 # -- demo ------------------------------------------------------------------------------------------------------
 # Use the built-in Entra ID emulator instead of Microsoft (refused together with ENTRA_CLIENT_ID/SECRET). A demo
 # portal answers only requests from this computer.
