@@ -244,7 +244,8 @@ def delete_organization(org: Organization, actor: Actor = OPERATOR) -> dict[str,
                        .values(sso_activated_by_id=None, admin_consent_by_id=None), execution_options=sync)
     groups = list(db.session.execute(db.select(ScimGroup.id).where(ScimGroup.organization_id == org.id)).scalars())
     delete_groups(org, groups)
-    counts["provisioned group"] = len(groups)
+    if groups:  # organisations that never provisioned keep their summary as it was
+        counts["provisioned group"] = len(groups)
     db.session.execute(db.delete(User).where(User.organization_id == org.id), execution_options=sync)
     counts["domain"] = db.session.execute(db.delete(Domain).where(Domain.organization_id == org.id),
                                           execution_options=sync).rowcount or 0

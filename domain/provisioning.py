@@ -164,7 +164,7 @@ def set_admin_group(org: Organization, group_scim_id: str | None, actor: Actor) 
     db.session.commit()
     if group is not None:
         for user in _members(group):
-            _promote(org, user)
+            _promote(org, user, actor)
     return True
 
 
@@ -173,8 +173,8 @@ def _members(group: ScimGroup) -> list[User]:
                                    .where(ScimGroupMember.group_id == group.id).order_by(User.id)).scalars())
 
 
-def _promote(org: Organization, user: User) -> None:
-    set_role(org, user, "admin", PROVISIONING)
+def _promote(org: Organization, user: User, actor: Actor = PROVISIONING) -> None:
+    set_role(org, user, "admin", actor)
 
 
 def _demote(org: Organization, user: User) -> None:
@@ -315,7 +315,8 @@ def create_user(org: Organization, resource: EntraUser) -> EntraUser:
     if existing is None:
         user.blocked = resource.active is False
     record("scim_user_created", "success", org=org, actor=PROVISIONING,
-           detail=f"user {user.id}" + (" adopted" if existing is not None else ""))
+           detail=f"user {user.id}" + (" adopted" if existing is not None else "")
+           + (" inactive" if existing is None and user.blocked else ""))
     _set_active(org, user, resource.active if existing is not None else None)
     log.info("Provisioned user %s in organisation %s", user.id, org.id)
     return user_resource(org, user)
