@@ -1,5 +1,6 @@
 """Demo mode in one place: the demo organisations and password, the emulator's app registration (client id and
-secret), the emulator wired in for Microsoft, and the loopback-only guards (demo host redirect, peer check)."""
+secret), the emulator wired in for Microsoft (and its provisioning service for the portal's SCIM endpoint), and the
+loopback-only guards (demo host redirect, peer check)."""
 from __future__ import annotations
 
 import logging
@@ -73,6 +74,13 @@ def create_data() -> None:
             passwords.create_local_user(email, name, DEMO_PASSWORD, role="admin", break_glass=True)
 
 
+def provisioning_page(app: Flask, domain: str = "northwind.example") -> str:
+    """The emulated Entra admin centre's Provisioning page for the demo app in the tenant of `domain`."""
+    emu = app.extensions["entra_emulator"]
+    return (f"{emu.browser_url}/{emu.directory.tenant(domain).tid}/enterprise-applications/"
+            f"{app.config['ENTRA_CLIENT_ID']}/provisioning")
+
+
 def _instance_secret(app: Flask, name: str) -> str:
     """Read a random secret kept in instance/, creating it (mode 0600) on first use.
 
@@ -101,6 +109,7 @@ def _wire_emulator(app: Flask) -> None:
     from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
     from emulator import Emulator
+    from emulator.transport import WSGIAdapter
 
     base = f"{app.config['PREFERRED_URL_SCHEME']}://{app.config['SERVER_NAME']}"
     emu = Emulator(
@@ -117,6 +126,9 @@ def _wire_emulator(app: Flask) -> None:
         },
     )
     emu.mount(entra.get_http(app))
+    # Entra's provisioning service (the emulator's Provisioning page, Provision now) reaches the portal's own
+    # /scim/v2/ in-process: a Tenant URL on the portal's origin never leaves the process.
+    emu.provisioning_session.mount(base + "/", WSGIAdapter(app))
     app.extensions["entra_emulator"] = emu
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/_entra": emu.wsgi})
 

@@ -97,6 +97,9 @@ def demo(host: str, port: int, no_serve: bool) -> None:
                "with the password %s." % (server_name, demo_data.DEMO_PASSWORD))
     click.echo("A second organisation, Fabrikam Research, has admin@fabrikam.example with the same password.")
     click.echo("Then: Settings → SECURITY → Activate SSO, and sign in at the emulated Microsoft page.")
+    click.echo("User provisioning (SCIM): Settings → SECURITY → Generate token, then run a cycle from the emulated "
+               "Entra admin centre's Provisioning page, %s (sign in there as Nadia Okafor)."
+               % demo_data.provisioning_page(app))
     if not no_serve:
         from werkzeug.serving import run_simple
 

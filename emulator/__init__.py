@@ -9,11 +9,12 @@ import os
 import secrets
 import threading
 import time
+import uuid
 
 import requests
 
 from .app import create_app
-from .directory import Directory, Group, Tenant, User, build_directory
+from .directory import Directory, Group, Tenant, User, build_directory, numbered_user
 from .provisioning import EXTERNAL_ID_SOURCES, SCOPES, USER_STATES, Cycle
 from .store import Store
 from .tokens import KeyRing, new_signing_key
@@ -191,6 +192,28 @@ class Emulator:
         if not set(oids) <= {u.oid for u in tenant.users}:
             raise ValueError("members must be users of the group's tenant")
         self.store.set_group_members(gid, list(oids))
+
+    def add_users(self, tid: str, count: int, *, first: int = 1) -> list[User]:
+        """Add `count` generated members (numbered from `first`) to the tenant's directory, in this process only
+        (the demo directory is built in memory: for tests and benchmarks that need many users)."""
+        tenant = self.directory.tenant(tid)
+        if tenant is None:
+            raise KeyError(f"unknown tenant {tid!r}")
+        known = {u.oid for u in tenant.users}
+        added = [u for u in (numbered_user(tenant, n) for n in range(first, first + count)) if u.oid not in known]
+        tenant.users.extend(added)
+        return added
+
+    def add_group(self, tid: str, name: str, members: list[str] = ()) -> Group:
+        """Add a security group to the tenant's directory, in this process only (as add_users)."""
+        tenant = self.directory.tenant(tid)
+        if tenant is None:
+            raise KeyError(f"unknown tenant {tid!r}")
+        if self.directory.group(tenant.tid, name) is not None:
+            raise ValueError(f"the tenant has a group {name!r} already")
+        group = Group(str(uuid.uuid5(uuid.NAMESPACE_URL, f"emulator:{tenant.tid}:group:{name}")), name, list(members))
+        tenant.groups.append(group)
+        return group
 
     def configure_provisioning(self, tid: str, *, tenant_url: str | None = None, token: str | None = None,
                                scope: str | None = None, external_id: str | None = None) -> None:

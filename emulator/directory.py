@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import uuid
 import zlib
 from dataclasses import dataclass, field
 
@@ -146,6 +147,22 @@ def _user(tid: str, oid: str, upn: str, role: str, given: str, surname: str, job
                 photo_type="image/png" if photo else None)
 
 
+GIVEN_NAMES = ("Amara", "Bo", "Carmen", "Dmitri", "Elif", "Femi", "Greta", "Hiro", "Ida", "Jonas", "Keanu", "Lucia",
+               "Mateo", "Noor", "Olu", "Pia", "Quentin", "Rosa", "Sami", "Thea")
+SURNAMES = ("Andersen", "Bakker", "Costa", "Diallo", "Eriksen", "Fujita", "Garcia", "Horvat", "Ivanova", "Jensen",
+            "Kowalski", "Lindqvist", "Moreno", "Nakamura", "Okonkwo", "Petrov", "Quispe", "Rossi", "Singh", "Tanaka")
+
+
+def numbered_user(tenant: Tenant, n: int) -> User:
+    """The tenant's n-th generated member (same n, same person: oid, UPN and names), without a photo."""
+    given, surname = GIVEN_NAMES[n % len(GIVEN_NAMES)], SURNAMES[n // len(GIVEN_NAMES) % len(SURNAMES)]
+    oid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"emulator:{tenant.tid}:user:{n}"))
+    upn = f"{given.lower()}.{surname.lower()}.{n}@{tenant.default_domain}"
+    address = {"streetAddress": f"{n} Market Street", "postalCode": f"{10000 + n % 90000}", "usageLocation": "US"}
+    return _user(tenant.tid, oid, upn, "member", given, surname, "Associate", tenant.name, "Staff", address,
+                 phone=f"+1 555 {n % 10000:04d}", office=f"Floor {n % 12}", photo=False)
+
+
 NORTHWIND_TID = "6f1c2d3e-4a5b-4c7d-8e9f-0a1b2c3d4e5f"
 FABRIKAM_TID = "b2e4d6f8-1a3c-4e5a-9b7d-c9e1f3a5b7d9"
 
@@ -176,6 +193,9 @@ def build_directory() -> Directory:
         Group("8a1b2c3d-0e1f-4a2b-9c3d-4e5f6a7b8c01", "Sales team", ["1b7e2d63-8d2f-4e1c-8b68-4f3a2c9d5e02"]),
         Group("8a1b2c3d-0e1f-4a2b-9c3d-4e5f6a7b8c02", "Operations",
               ["2c8f3e74-9e3a-4f2d-9c79-5a4b3dae6f03", "3d9a4f85-af4b-4a3e-8d8a-6b5c4ebf7a04"]),
+        # For the portal's "Members of this group are admins" (provisioning): Omar, not the tenant admin, whose
+        # UPN is the demo portal's break-glass admin (provisioning never adopts a break-glass account).
+        Group("8a1b2c3d-0e1f-4a2b-9c3d-4e5f6a7b8c03", "Portal Admins", ["2c8f3e74-9e3a-4f2d-9c79-5a4b3dae6f03"]),
     ])
     fabrikam = Tenant(fb, "Fabrikam Research", ["fabrikam.example", "fabrikamresearch.example"],
                       region="EU", users=[
@@ -197,5 +217,6 @@ def build_directory() -> Directory:
     ], groups=[
         Group("9b2c3d4e-1f2a-4b3c-8d4e-5f6a7b8c9d01", "Materials lab",
               ["5fbc6ba7-c16d-4c5a-8fac-8d7e6adb9c06", "60cd7cb8-d27e-4d6b-9abd-9e8f7bec0d07"]),
+        Group("9b2c3d4e-1f2a-4b3c-8d4e-5f6a7b8c9d02", "Portal Admins", ["71de8dc9-e38f-4e7c-8bce-af908cfd1e08"]),
     ])
     return Directory([northwind, fabrikam])

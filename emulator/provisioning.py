@@ -125,6 +125,11 @@ class Cycle:
                                                        "unchanged": 0},
                         "groups": {"created": 0, "updated": 0, "deleted": 0, "unchanged": 0},
                         "requests": 0, "errors": []}
+        # What earlier cycles provisioned, read once and written back once at the end (one transaction, not
+        # one per user: an initial cycle of thousands of users would otherwise wait on a commit per user).
+        self.known = {kind: emu.store.provisioned(tenant.tid, kind) for kind in ("user", "group")}
+        self._changes: dict[tuple[str, str], tuple[str | None, list[str] | None]] = {}
+        self._scope: tuple[set[str], list["Group"]] | None = None
 
     # -- HTTP ---------------------------------------------------------------------
     def _send(self, method: str, path: str, body: dict | None = None) -> requests.Response:
@@ -163,13 +168,25 @@ class Cycle:
 
     # -- the cycle ------------------------------------------------------------------
     def run(self) -> dict:
-        users = self._users_in_scope()
-        for user in self.tenant.users:
-            self._guarded(self._sync_user, user, user.oid in users)
-        for group in self.tenant.groups:
-            self._guarded(self._sync_group, group)
+        try:
+            users = self._users_in_scope()
+            for user in self.tenant.users:
+                self._guarded(self._sync_user, user, user.oid in users)
+            for group in self.tenant.groups:
+                self._guarded(self._sync_group, group)
+        finally:
+            self.emu.store.set_provisioned_many(self.tenant.tid, [
+                (kind, oid, scim_id, members) for (kind, oid), (scim_id, members) in self._changes.items()])
         self.summary["finished"] = _now(self.emu)
         return self.summary
+
+    def _remember(self, kind: str, oid: str, scim_id: str | None, members: list[str] | None = None) -> None:
+        """Record (or, with scim_id None, forget) the app's id of a user or group."""
+        if scim_id is None:
+            self.known[kind].pop(oid, None)
+        else:
+            self.known[kind][oid] = {"scim_id": scim_id, "members": sorted(members or [])}
+        self._changes[(kind, oid)] = (scim_id, members)
 
     def _guarded(self, step, *args) -> None:
         try:
@@ -177,26 +194,34 @@ class Cycle:
         except CycleError as e:
             self.summary["errors"].append(str(e))
 
+    def _in_scope(self) -> tuple[set[str], list["Group"]]:
+        """(user oids, groups) in scope, read once a cycle: every user and group, or those assigned (or holding an
+        app role), users directly or through an assigned group."""
+        if self._scope is None:
+            assigned = self.emu.assigned_ids(self.tenant.tid)
+            groups = [g for g in self.tenant.groups if self.scope == "all" or g.id in assigned]
+            if self.scope == "all":
+                users = {u.oid for u in self.tenant.users}
+            else:
+                for group in groups:
+                    assigned |= set(self.emu.group_members(group))
+                users = {u.oid for u in self.tenant.users if u.oid in assigned}
+            self._scope = users, groups
+        return self._scope
+
     def _groups_in_scope(self) -> list["Group"]:
-        assigned = self.emu.assigned_ids(self.tenant.tid)
-        return [g for g in self.tenant.groups if self.scope == "all" or g.id in assigned]
+        return self._in_scope()[1]
 
     def _users_in_scope(self) -> set[str]:
-        """Oids in scope: every user, or those assigned (or holding an app role) directly or through a group."""
-        if self.scope == "all":
-            return {u.oid for u in self.tenant.users}
-        assigned = self.emu.assigned_ids(self.tenant.tid)
-        for group in self._groups_in_scope():
-            assigned |= set(self.emu.group_members(group))
-        return {u.oid for u in self.tenant.users if u.oid in assigned}
+        return self._in_scope()[0]
 
     def _sync_user(self, user: "User", in_scope: bool) -> None:
-        known = self.emu.store.provisioned(self.tenant.tid, "user").get(user.oid)
+        known = self.known["user"].get(user.oid)
         state = self.emu.user_state(user.oid)
         if state == "deleted":
             if known:  # Entra deletes only what it provisioned
                 self._send("DELETE", f"/Users/{known['scim_id']}")
-                self.emu.store.set_provisioned(self.tenant.tid, "user", user.oid, None)
+                self._remember("user", user.oid, None)
                 self.summary["users"]["deleted"] += 1
             return
         if not in_scope or state == "disabled":
@@ -215,7 +240,7 @@ class Cycle:
             created = self._json(self._send("POST", "/Users", user_resource(user, self.external_id)), "POST /Users")
             if not created.get("id"):
                 raise CycleError("POST /Users: the answer has no id")
-            self.emu.store.set_provisioned(self.tenant.tid, "user", user.oid, str(created["id"]))
+            self._remember("user", user.oid, str(created["id"]))
             self.summary["users"]["created"] += 1
             return
         # Entra adds what the app does not have yet and replaces what differs.
@@ -225,7 +250,7 @@ class Cycle:
                       if read_attribute(existing, path) != value]
         if not is_active(existing):
             operations.append({"op": "Replace", "path": "active", "value": "True"})
-        self.emu.store.set_provisioned(self.tenant.tid, "user", user.oid, str(existing["id"]))
+        self._remember("user", user.oid, str(existing["id"]))
         if operations:
             self._send("PATCH", f"/Users/{existing['id']}", patch_body(operations))
             self.summary["users"]["updated"] += 1
@@ -233,15 +258,15 @@ class Cycle:
             self.summary["users"]["unchanged"] += 1
 
     def _sync_group(self, group: "Group") -> None:
-        known = self.emu.store.provisioned(self.tenant.tid, "group").get(group.id)
+        known = self.known["group"].get(group.id)
         if group not in self._groups_in_scope():
             if known:
                 self._send("DELETE", f"/Groups/{known['scim_id']}")
-                self.emu.store.set_provisioned(self.tenant.tid, "group", group.id, None)
+                self._remember("group", group.id, None)
                 self.summary["groups"]["deleted"] += 1
             return
         # Members the app can know: provisioned users still in scope and enabled.
-        users = self.emu.store.provisioned(self.tenant.tid, "user")
+        users = self.known["user"]
         in_scope = self._users_in_scope()
         wanted = {users[oid]["scim_id"] for oid in self.emu.group_members(group)
                   if oid in users and oid in in_scope and self.emu.user_state(oid) == "enabled"}
@@ -272,7 +297,7 @@ class Cycle:
                 self.summary["groups"]["updated"] += 1
         elif existing is not None:
             self.summary["groups"]["unchanged"] += 1
-        self.emu.store.set_provisioned(self.tenant.tid, "group", group.id, scim_id, sorted(wanted))
+        self._remember("group", group.id, scim_id, sorted(wanted))
 
 
 def _scim_error(response: requests.Response) -> str:

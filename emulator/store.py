@@ -261,13 +261,16 @@ class Store:
         return {r["oid"]: {"scim_id": r["scim_id"],
                            "members": json.loads(r["members"]) if r["members"] else []} for r in rows}
 
-    def set_provisioned(self, tid: str, kind: str, oid: str, scim_id: str | None,
-                        members: list[str] | None = None) -> None:
-        """Remember (or, with scim_id None, forget) the target's id of a user or group."""
+    def set_provisioned_many(self, tid: str, changes: list[tuple[str, str, str | None, list[str] | None]]) -> None:
+        """Remember (or, with scim_id None, forget) the target's id of each (kind, oid, scim_id, members), in one
+        transaction."""
+        if not changes:
+            return
         with self.tx() as db:
-            if scim_id is None:
-                db.execute("DELETE FROM provisioned WHERE tid=? AND kind=? AND oid=?", (tid, kind, oid))
-                return
-            db.execute("INSERT OR REPLACE INTO provisioned (tid, kind, oid, scim_id, members) "
-                       "VALUES (?, ?, ?, ?, ?)",
-                       (tid, kind, oid, scim_id, json.dumps(sorted(members)) if members is not None else None))
+            for kind, oid, scim_id, members in changes:
+                if scim_id is None:
+                    db.execute("DELETE FROM provisioned WHERE tid=? AND kind=? AND oid=?", (tid, kind, oid))
+                    continue
+                db.execute("INSERT OR REPLACE INTO provisioned (tid, kind, oid, scim_id, members) "
+                           "VALUES (?, ?, ?, ?, ?)",
+                           (tid, kind, oid, scim_id, json.dumps(sorted(members)) if members is not None else None))

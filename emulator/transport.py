@@ -62,22 +62,25 @@ class EmulatorAdapter(BaseAdapter):
 
 
 class WSGIAdapter(BaseAdapter):
-    """Answer a session's requests from any WSGI app in-process (the provisioning service's tests mount the
-    SCIM app they provision to this way)."""
+    """Answer a session's requests from any WSGI app in-process (demo mode mounts the portal on the provisioning
+    service's session this way; tests mount the SCIM app they provision to). The caller is this machine, so
+    REMOTE_ADDR is a loopback address."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, remote_addr: str = "127.0.0.1") -> None:
         super().__init__()
         self.app = app
+        self.remote_addr = remote_addr
 
     def send(self, request: requests.PreparedRequest, stream: bool = False, timeout=None,
              verify=True, cert=None, proxies=None) -> requests.Response:
-        return call_wsgi(self.app, request, urlsplit(request.url).path, self)
+        return call_wsgi(self.app, request, urlsplit(request.url).path, self, remote_addr=self.remote_addr)
 
     def close(self) -> None:
         pass
 
 
-def call_wsgi(app, request: requests.PreparedRequest, path: str, adapter: BaseAdapter) -> requests.Response:
+def call_wsgi(app, request: requests.PreparedRequest, path: str, adapter: BaseAdapter,
+              remote_addr: str | None = None) -> requests.Response:
     """Run one PreparedRequest through a WSGI app at `path` and build the requests.Response."""
     parts = urlsplit(request.url)
     body = request.body or b""
@@ -86,7 +89,8 @@ def call_wsgi(app, request: requests.PreparedRequest, path: str, adapter: BaseAd
     headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
     environ = EnvironBuilder(path=path, base_url=f"{parts.scheme}://{parts.netloc}",
                              method=request.method, headers=headers, data=body,
-                             query_string=parts.query).get_environ()
+                             query_string=parts.query,
+                             environ_base={"REMOTE_ADDR": remote_addr} if remote_addr else None).get_environ()
     app_iter, status, response_headers = run_wsgi_app(app, environ, buffered=True)
     try:
         content = b"".join(app_iter)

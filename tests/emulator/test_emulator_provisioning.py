@@ -332,3 +332,28 @@ def test_unticking_every_assignment_on_the_page_disables_the_provisioned_users(e
     browser.post(action, data=fields)
     assert emu.tenant_settings(NW)["assigned"] == []
     assert scim.user("lena.fischer@northwind.example").active is False
+
+
+def test_generated_users_and_a_new_group_are_provisioned_and_remembered_after_a_failed_request(emu, scim):
+    people = emu.add_users(NW, 30)
+    assert len({u.upn for u in people}) == 30 and emu.add_users(NW, 30) == []  # the same people, not added twice
+    team = emu.add_group(NW, "Team 1", [u.oid for u in people[:10]])
+    emu.set_tenant(NW, assigned=[u.oid for u in people] + [team.id])
+    scim.fail["POST /scim/v2/Groups"] = 409  # the last request of the cycle fails
+    summary = emu.provision(NW)
+    assert summary["users"]["created"] == 30 and len(summary["errors"]) == 1
+    # What the cycle created before the failure is remembered: the next cycle creates no user again.
+    scim.fail.clear()
+    scim.requests.clear()
+    summary = emu.provision(NW)
+    assert summary["users"] == {"created": 0, "updated": 0, "disabled": 0, "deleted": 0, "unchanged": 30}
+    assert summary["groups"]["created"] == 1
+    assert [len(g.members) for g in scim.groups.values()] == [10]
+
+
+def test_portal_admins_group_is_in_each_demo_tenant(emu):
+    for tenant in emu.directory.tenants:
+        group = emu.directory.group(tenant.tid, "Portal Admins")
+        assert group is not None and len(emu.group_members(group)) == 1
+        member = emu.directory.user_by_oid(emu.group_members(group)[0])
+        assert member.tid == tenant.tid and not member.is_admin  # never the tenant admin (break-glass in the demo)
