@@ -16,7 +16,7 @@ bp = Blueprint("home", __name__)
 def index():
     if not current_user.is_authenticated:
         return redirect(url_for("auth.login"))
-    return render_template("home/index.html", email=directory.user_email(current_user))
+    return render_template("home/index.html", email=directory.user_email(current_user._get_current_object()))
 
 
 @bp.get("/logo")

@@ -14,8 +14,8 @@ bp = Blueprint("profile", __name__, url_prefix="/profile")
 @bp.get("/")
 @login_required
 def show():
-    return render_template("profile/show.html", copy=profiles.profile_of(current_user),
-                           email=directory.user_email(current_user))
+    user = current_user._get_current_object()  # one look-up through the proxy, not one per attribute read
+    return render_template("profile/show.html", copy=profiles.profile_of(user), email=directory.user_email(user))
 
 
 @bp.get("/photo")

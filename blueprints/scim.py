@@ -7,27 +7,61 @@ body, a filter or a path is logged: ids and scimTypes only.
 """
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import scim2_models as scim
 from flask import Blueprint, Response, current_app, g, json, request, url_for
-from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from domain import provisioning
 
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from domain.provisioning import EntraUser
+
 log = logging.getLogger(__name__)
 
-bp = Blueprint("scim", __name__, url_prefix="/scim/v2")
-
+# scim2-models and pydantic are imported at the first SCIM request (domain/provisioning.py says why).
+scim = provisioning.scim
+pydantic = provisioning.Imported("pydantic")
 SCIM_JSON = "application/scim+json"
 ENTERPRISE = provisioning.ENTERPRISE
-# Entra's deviations (docs/scim.md): a Remove of members names them in `value`; an Add or Replace through a value
-# filter (emails[type eq "work"].value) that matches no entry creates it. Unknown attributes are refused.
-ENTRA_POLICY = scim.ScimPolicy(remove_value_as_filter=scim.ScimPolicy.RemoveValue.apply,
-                               unmatched_path_filter=scim.ScimPolicy.UnmatchedPathFilter.create)
-EntraUser = provisioning.EntraUser
+
+
+@functools.cache
+def entra_policy() -> scim.ScimPolicy:
+    """Entra's deviations (docs/scim.md): a Remove of members names them in `value`; an Add or Replace through a value
+    filter (emails[type eq "work"].value) that matches no entry creates it. Unknown attributes are refused."""
+    return scim.ScimPolicy(remove_value_as_filter=scim.ScimPolicy.RemoveValue.apply,
+                           unmatched_path_filter=scim.ScimPolicy.UnmatchedPathFilter.create)
+
+
+def answering_scim_errors(view):
+    """The library's exceptions (and pydantic's refusals of a body) as SCIM Error bodies. A wrapper rather than
+    bp.errorhandler(), which would need the exception classes, and so the library, when the app is built."""
+
+    @functools.wraps(view)
+    def answering(*args, **kwargs):
+        try:
+            return view(*args, **kwargs)
+        except scim.SCIMException as e:
+            return scim_error(e)
+        except pydantic.ValidationError as e:
+            return scim_error(_from_validation(e))
+
+    return answering
+
+
+class _Blueprint(Blueprint):
+    """Every view of the endpoint answers SCIM errors (answering_scim_errors)."""
+
+    def add_url_rule(self, rule, endpoint=None, view_func=None, **options):
+        super().add_url_rule(rule, endpoint, view_func and answering_scim_errors(view_func), **options)
+
+
+bp = _Blueprint("scim", __name__, url_prefix="/scim/v2")
 
 
 def scim_response(body: dict[str, Any] | None, status: int = 200, *, location: str | None = None) -> Response:
@@ -48,23 +82,10 @@ def scim_error(exception: scim.SCIMException) -> Response:
     return response
 
 
-class TooMany(scim.SCIMException):
-    status = 429
-    _default_detail = "Too many requests: slow down."
-
-
-class Unauthorized(scim.UnauthorizedException):
-    _default_detail = "A valid bearer token is required (Settings → SECURITY → User provisioning)."
-
-
-@bp.errorhandler(scim.SCIMException)
-def scim_exception(e: scim.SCIMException):
-    return scim_error(e)
-
-
-@bp.errorhandler(ValidationError)
-def invalid_body(e: ValidationError):
-    return scim_error(_from_validation(e))
+def _error(status: int, detail: str) -> scim.SCIMException:
+    error = scim.SCIMException(detail=detail)
+    error.status = status
+    return error
 
 
 @bp.errorhandler(HTTPException)
@@ -75,16 +96,12 @@ def http_error(e: HTTPException):
     if e.code == 413:
         return scim_error(scim.PayloadTooLargeException(detail="The request body is too large."))
     if e.code == 429:
-        response = scim_error(TooMany())
+        response = scim_error(_error(429, "Too many requests: slow down."))
         response.headers.extend((k, v) for k, v in (e.get_headers() or []) if k.lower() == "retry-after")
         return response
     if not isinstance(e, HTTPException) or (e.code or 500) >= 500:
-        error = scim.SCIMException(detail="The portal could not finish this request.")
-        error.status = 500
-    else:
-        error = scim.SCIMException(detail=e.name)
-        error.status = e.code or 400
-    return scim_error(error)
+        return scim_error(_error(500, "The portal could not finish this request."))
+    return scim_error(_error(e.code or 400, e.name))
 
 
 def _from_validation(e: ValidationError) -> scim.SCIMException:
@@ -105,13 +122,15 @@ def _from_validation(e: ValidationError) -> scim.SCIMException:
 
 
 @bp.before_request
+@answering_scim_errors
 def authenticate():
     """The bearer token names the organisation; the body limit is the endpoint's own."""
     request.max_content_length = current_app.config["SCIM_MAX_CONTENT_LENGTH"]
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     org = provisioning.organization_for_token(token.strip()) if scheme.lower() == "bearer" else None
     if org is None:
-        raise Unauthorized()
+        raise scim.UnauthorizedException(
+            detail="A valid bearer token is required (Settings → SECURITY → User provisioning).")
     g.scim_org = org
     provisioning.touch(org)
 
@@ -169,8 +188,8 @@ def _entra_patch(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def _user_body(context: scim.Context) -> EntraUser:
-    with ENTRA_POLICY:
-        return EntraUser.model_validate(_entra_user(_body()), scim_ctx=context)
+    with entra_policy():
+        return provisioning.entra_user().model_validate(_entra_user(_body()), scim_ctx=context)
 
 
 def _located(resource: scim.Resource, endpoint: str) -> scim.Resource:
@@ -195,7 +214,7 @@ def service_provider_config():
 
 
 def _resource_types() -> list[scim.ResourceType]:
-    return [scim.ResourceType.from_resource(EntraUser), scim.ResourceType.from_resource(scim.Group)]
+    return [scim.ResourceType.from_resource(provisioning.entra_user()), scim.ResourceType.from_resource(scim.Group)]
 
 
 def _schemas() -> list[scim.Schema]:
@@ -242,12 +261,12 @@ def _user_json(resource: EntraUser, context: scim.Context, parameters: scim.Resp
 
 @bp.get("/Users")
 def users():
-    parameters = _response_parameters(EntraUser)
+    model = provisioning.entra_user()
+    parameters = _response_parameters(model)
     total, found = provisioning.find_users(g.scim_org, request.args.get("filter"), _number("startIndex", 1),
                                            _number("count", None))
-    listed = scim.ListResponse[EntraUser](total_results=total, start_index=max(_number("startIndex", 1), 1),
-                                          items_per_page=len(found),
-                                          resources=[_located(r, "scim.user") for r in found])
+    listed = scim.ListResponse[model](total_results=total, start_index=max(_number("startIndex", 1), 1),
+                                      items_per_page=len(found), resources=[_located(r, "scim.user") for r in found])
     return scim_response(listed.model_dump(scim_ctx=scim.Context.SEARCH_RESPONSE, response_parameters=parameters))
 
 
@@ -261,7 +280,7 @@ def create_user():
 @bp.get("/Users/<scim_id>")
 def user(scim_id: str):
     return scim_response(_user_json(provisioning.get_user(g.scim_org, scim_id), scim.Context.RESOURCE_QUERY_RESPONSE,
-                                    _response_parameters(EntraUser)))
+                                    _response_parameters(provisioning.entra_user())))
 
 
 @bp.put("/Users/<scim_id>")
@@ -273,8 +292,9 @@ def replace_user(scim_id: str):
 @bp.patch("/Users/<scim_id>")
 def patch_user(scim_id: str):
     body = _entra_patch(_body())
-    with ENTRA_POLICY:
-        patch = scim.PatchOp[EntraUser].model_validate(body, scim_ctx=scim.Context.RESOURCE_PATCH_REQUEST)
+    with entra_policy():
+        patch = scim.PatchOp[provisioning.entra_user()].model_validate(body,
+                                                                        scim_ctx=scim.Context.RESOURCE_PATCH_REQUEST)
         patched = provisioning.patch_user(g.scim_org, scim_id, patch)
     return scim_response(_user_json(patched, scim.Context.RESOURCE_PATCH_RESPONSE))
 
@@ -294,7 +314,7 @@ def _with_members(parameters: scim.ResponseParameters) -> bool:
 
 
 def _group_body(context: scim.Context) -> scim.Group:
-    with ENTRA_POLICY:
+    with entra_policy():
         return scim.Group.model_validate(_body(), scim_ctx=context)
 
 
@@ -334,7 +354,7 @@ def replace_group(scim_id: str):
 @bp.patch("/Groups/<scim_id>")
 def patch_group(scim_id: str):
     body = _body()
-    with ENTRA_POLICY:
+    with entra_policy():
         patch = scim.PatchOp[scim.Group].model_validate(body, scim_ctx=scim.Context.RESOURCE_PATCH_REQUEST)
         provisioning.patch_group(g.scim_org, scim_id, patch)
     return scim_response(None, 204)

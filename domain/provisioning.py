@@ -4,15 +4,15 @@ the actor PROVISIONING, and goes through the USERS tab's services (members.py) f
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import importlib
 import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-
-import scim2_models as scim
-from scim2_models.path import AttrPath, CompareOperator, Comparison, LogicalExpr, LogicalOperator, ValuePath
+from typing import TYPE_CHECKING
 
 import vault
 from domain import sealed
@@ -24,18 +24,41 @@ from domain.members import is_last_admin, remove, set_blocked, set_role
 from domain.policy import PROVISIONING, Actor, require_admin
 from models import Organization, ScimGroup, ScimGroupMember, User, db, utcnow
 
+if TYPE_CHECKING:
+    from scim2_models import EnterpriseUser, User as ScimUser
+    EntraUser = ScimUser[EnterpriseUser]
+
 log = logging.getLogger(__name__)
+
+
+class Imported:
+    """A library imported at its first use. scim2-models (with pydantic and lark) is 16 MB that a web worker
+    carries only once Entra calls it: the token and status services here need none of it."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str):
+        return getattr(importlib.import_module(self._name), attribute)
+
+
+scim = Imported("scim2_models")
 
 TOUCH_EVERY = timedelta(minutes=1)  # when Entra last called is written at most this often
 MAX_RESULTS = 100  # a page of GET /Users or /Groups holds at most this many resources
-EntraUser = scim.User[scim.EnterpriseUser]
-ENTERPRISE = str(scim.EnterpriseUser.__schema__)
+ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"  # scim.EnterpriseUser.__schema__
 SUPPORTED_FILTERS = {
     "User": 'userName eq "…", externalId eq "…" and emails[type eq "work"].value eq "…"',
     "Group": 'displayName eq "…" and externalId eq "…"',
 }
 LAST_ADMIN = ("This is the organisation's last administrator who can sign in: provisioning cannot block, remove "
               "or demote them. Make someone else an administrator first.")
+
+
+@functools.cache
+def entra_user() -> type[EntraUser]:
+    """The User resource with the enterprise extension, as Entra provisions it."""
+    return scim.User[scim.EnterpriseUser]
 
 
 class NoSuchGroup(PortalError):
@@ -222,7 +245,7 @@ def user_resource(org: Organization, user: User) -> EntraUser:
     """The user as SCIM shows them: userName (their email), active and what the portal keeps."""
     data = _kept(org, user)
     schemas = [scim.User.__schema__] + ([ENTERPRISE] if ENTERPRISE in data else [])
-    resource = EntraUser.model_validate({**data, "schemas": [str(s) for s in schemas], "id": user.scim_id,
+    resource = entra_user().model_validate({**data, "schemas": [str(s) for s in schemas], "id": user.scim_id,
                                          "userName": user_email(user), "active": not user.blocked})
     resource.meta = scim.Meta(resource_type="User", created=_utc(user.created_at), last_modified=_utc(user.created_at))
     return resource
@@ -371,7 +394,7 @@ def find_users(org: Organization, filter: str | None, start_index: int = 1, coun
     """GET /Users: the total and one page of the users the filter selects (supported filters only)."""
     query = db.select(User).where(User.organization_id == org.id, User.scim_id.is_not(None))
     if filter:
-        attribute, value = _lookup(filter, EntraUser, {"username", "externalid", "emails.value"})
+        attribute, value = _lookup(filter, entra_user(), {"username", "externalid", "emails.value"})
         if attribute == "externalid":
             query = query.where(User.scim_external_id_hmac.in_(_external_ids(value)))
         else:  # userName, or emails[type eq "work"].value: the user's email
@@ -387,6 +410,7 @@ def find_users(org: Organization, filter: str | None, start_index: int = 1, coun
 
 def _lookup(text: str, model: type, allowed: set[str]) -> tuple[str, str]:
     """The one equality a supported filter asks for, as (attribute, value); anything else is invalidFilter."""
+    from scim2_models.path import CompareOperator, Comparison, LogicalExpr, LogicalOperator, ValuePath
     ast = scim.ScimFilter[model](text).ast  # bad syntax: InvalidFilterException
     found: tuple[str, object] | None = None
     if (isinstance(ast, Comparison) and ast.op == CompareOperator.eq and ast.attr_path.sub_attr is None
@@ -561,6 +585,7 @@ def replace_group(org: Organization, scim_id: str, resource: scim.Group) -> scim
 def patch_group(org: Organization, scim_id: str, patch: scim.PatchOp) -> None:
     """PATCH /Groups/{id}: members added and removed by id (hundreds at once, without reading the group's other
     members into a resource), other attributes through the library's PATCH."""
+    from scim2_models.path import AttrPath, CompareOperator, Comparison, ValuePath
     group = _scim_group(org, scim_id)
     members = _current_members(group)
     rest = []

@@ -5,8 +5,13 @@ Read from the source with `ast`, so a function-level import counts like any othe
 from __future__ import annotations
 
 import ast
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+from helpers import PRODUCTION
 
 ROOT = Path(__file__).resolve().parent.parent
 # Inside domain/, each module imports only those before it (README, Design).
@@ -99,3 +104,14 @@ def test_the_domain_reads_no_request_state():
             if (top, name) in REQUEST_STATE or (top, None) in REQUEST_STATE:
                 wrong.append(f"{path.relative_to(ROOT)}:{line} imports {module}{'.' + name if name else ''}")
     assert wrong == []
+
+
+def test_a_web_worker_imports_no_library_it_needs_only_later(tmp_path):
+    """A gunicorn worker building the app leaves out what only some requests or commands need, megabytes in every
+    worker: SCIM's models (the first call from Entra), the password checker (a password set), the migrations (`flask
+    db`, a demo start)."""
+    script = ("import json, sys, app; app.create_app(json.loads(sys.argv[1]), instance_path=sys.argv[2]); "
+              "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", script, json.dumps(PRODUCTION), str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert {"scim2_models", "pydantic", "lark", "zxcvbn", "alembic", "flask_migrate"} & set(json.loads(out)) == set()
