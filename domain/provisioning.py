@@ -152,8 +152,11 @@ def _group(org: Organization, scim_id: str | None) -> ScimGroup:
 
 def set_admin_group(org: Organization, group_scim_id: str | None, actor: Actor) -> bool:
     """Name the group whose members are admins (None: no group); its current members become admins at once.
-    False when unchanged."""
+    False when unchanged. Only while single sign-on is active, like the token."""
     require_admin(actor, org, "the admin group")
+    if not org.sso_active:
+        raise InvalidInput("User provisioning needs single sign-on: activate it first.",
+                           title="Single sign-on is off")
     group = _group(org, group_scim_id) if group_scim_id else None
     wanted = group.id if group is not None else None
     if org.scim_admin_group_id == wanted:
