@@ -208,9 +208,6 @@ def turn_off_provisioning():
 @bp.post("/security/provisioning/admin-group")
 def scim_admin_group():
     """Save "Members of this group are admins"."""
-    if not _org().sso_active:
-        raise InvalidInput("User provisioning needs single sign-on: activate it first.",
-                           title="Single sign-on is off")
     form = AdminGroupForm(provisioning.status(_org()))
     if not form.validate_on_submit():
         raise InvalidInput("That group is not one of the groups Microsoft Entra provisioned. Reload the SECURITY tab "

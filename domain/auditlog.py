@@ -35,6 +35,10 @@ AUDIT_DETAILS = {
     "password": "with a password", "sso": "with Microsoft", "bad_password": "wrong email or password",
     "sso_required": "single sign-on is required", "sso_not_active": "single sign-on is off",
     "settings": "in Settings", "cli": "by the operator (CLI)", "blocked": "the account is blocked",
+    "provisioned_object_id": "provisioned user, matched by object id",
+    "provisioned_mail_nickname": "provisioned user, matched by mail alias (mailNickname)",
+    "provisioned_not_matched": "the provisioned account could not be matched",
+    "provisioned_ambiguous": "several provisioned accounts matched",
 }
 AUDIT_OUTCOMES = {"success": "Succeeded", "failure": "Failed"}
 

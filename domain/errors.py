@@ -53,8 +53,9 @@ class FlowFinished(InvalidInput):
     """A callback for a sign-in that is not pending here: used already, or started in another browser."""
 
 
-def refused(reason: str, message: str, *, title: str | None = None, status: int = 403) -> PortalError:
+def refused(reason: str, message: str, *, title: str | None = None, status: int = 403,
+            hint: str | None = None) -> PortalError:
     """A NotAllowed carrying a reason code for the audit log (like EntraError.reason)."""
-    error = NotAllowed(message, title=title, status=status)
+    error = NotAllowed(message, title=title, status=status, hint=hint)
     error.reason = reason  # type: ignore[attr-defined]
     return error

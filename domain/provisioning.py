@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import importlib
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -175,8 +176,11 @@ def _group(org: Organization, scim_id: str | None) -> ScimGroup:
 
 def set_admin_group(org: Organization, group_scim_id: str | None, actor: Actor) -> bool:
     """Name the group whose members are admins (None: no group); its current members become admins at once.
-    False when unchanged."""
+    False when unchanged. Only while single sign-on is active, like the token."""
     require_admin(actor, org, "the admin group")
+    if not org.sso_active:
+        raise InvalidInput("User provisioning needs single sign-on: activate it first.",
+                           title="Single sign-on is off")
     group = _group(org, group_scim_id) if group_scim_id else None
     wanted = group.id if group is not None else None
     if org.scim_admin_group_id == wanted:
@@ -314,24 +318,44 @@ def _set_active(org: Organization, user: User, active: bool | None) -> None:
     set_blocked(org, user, not active, PROVISIONING)
 
 
-def create_user(org: Organization, resource: EntraUser) -> EntraUser:
-    """POST /Users: a new provisioned user, or the organisation's existing user with this userName adopted (not a
-    break-glass account, nor one linked to another Microsoft account)."""
-    email = _user_name(org, resource.user_name)
-    external_id = resource.external_id
+_OBJECT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+
+
+def _another_object(user: User, external_id: str | None) -> bool:
+    """Whether externalId names an Entra object other than the Microsoft account the user is linked to: only an
+    object id can say so. Any other value (Entra's default mailNickname, an employee number) does not contradict the
+    link: the portal keeps no alias of linked users to compare with."""
+    return bool(user.object_id and external_id and _OBJECT_ID.fullmatch(external_id)
+                and external_id.lower() != user.object_id.lower())
+
+
+def _adoptable(org: Organization, email: str, external_id: str | None) -> User | None:
+    """The organisation's user a POST /Users takes over: the one with this userName, else (an organisation that
+    keeps no copies keeps no email of Microsoft-only users) the one linked to the object id externalId names.
+    409 when that user is provisioned already, a break-glass account, or linked to another Microsoft account."""
     existing = next(iter(users_by_email(email, org)), None)
+    if existing is None and external_id and _OBJECT_ID.fullmatch(external_id) and org.tenant_id:
+        existing = db.session.execute(db.select(User).where(
+            User.organization_id == org.id, User.scim_id.is_(None), User.tenant_id == org.tenant_id,
+            User.object_id == external_id.lower())).scalar_one_or_none()  # Entra's object ids are lower case
     if existing is not None and existing.scim_id is not None:
         raise scim.UniquenessException(detail="userName is taken.")
-    if existing is not None and (existing.break_glass or (existing.object_id is not None and (
-            not external_id or vault.get_vault().blind_index(existing.object_id) != vault.get_vault()
-            .blind_index(external_id)))):
+    if existing is not None and (existing.break_glass or _another_object(existing, external_id)):
         raise scim.UniquenessException(detail="userName belongs to a portal user provisioning cannot take over.")
+    return existing
+
+
+def create_user(org: Organization, resource: EntraUser) -> EntraUser:
+    """POST /Users: a new provisioned user, or the organisation's existing user adopted (see _adoptable)."""
+    email = _user_name(org, resource.user_name)
+    external_id = resource.external_id
+    existing = _adoptable(org, email, external_id)
     if _taken(org, existing, None, external_id):
         raise scim.UniquenessException(detail="externalId is taken.")
     if existing is not None:
         _check_active(org, existing, resource.active, "scim_user_created")
     user = existing or User(organization=org, role="member")
-    if existing is None:
+    if existing is None or not existing.email_enc or user_email(existing) != email:
         set_email(user, email)  # flushes: the row has its id for the sealed copy
     user.scim_id = secrets.token_urlsafe(16)
     _store(org, user, resource)

@@ -10,7 +10,7 @@ from domain import sealed
 from domain.addresses import normalise_or_raw, org_emails
 from domain.audit import failures_recorded, record
 from domain.directory import Realm, user_email, users_by_email
-from domain.errors import InvalidInput, NotAllowed
+from domain.errors import InvalidInput, NotAllowed, PortalError, refused
 from domain.members import blocked_refusal, role_at_sign_in
 from domain.policy import Actor, require_admin
 from domain.profiles import store_profile
@@ -128,29 +128,62 @@ def _user_by_identity(tid: str, oid: str) -> User | None:
         db.select(User).where(User.tenant_id == tid, User.object_id == oid)).scalar_one_or_none()
 
 
-def _provisioned_user(org: Organization, oid: str) -> User | None:
-    """The organisation's provisioned user not yet linked to a Microsoft sign-in whose externalId is this object
-    id (compared by its blind index under every key, so a key rotation in progress does not hide anyone)."""
-    found = db.session.execute(db.select(User).where(
-        User.organization_id == org.id, User.object_id.is_(None), User.scim_id.is_not(None),
-        User.scim_external_id_hmac.in_(sealed.blind_indexes("scim", {"externalId": oid})))).scalars().all()
-    return found[0] if len(found) == 1 else None  # externalIds are unique among an organisation's users
+def _provisioned_candidates(org: Organization, result: entra.SignIn) -> list[tuple[User, str]]:
+    """The organisation's provisioned users not yet linked to a Microsoft sign-in whose externalId is this sign-in's
+    object id or, failing that, its mail alias (Graph's mailNickname, Entra's default mapping), with which matched.
+    Compared by blind index under every key, so a key rotation in progress does not hide anyone."""
+    found: dict[int, tuple[User, str]] = {}
+    for how, value in (("objectId", result.object_id), ("mailNickname", result.mail_nickname)):
+        if not value:
+            continue
+        for user in db.session.execute(db.select(User).where(
+                User.organization_id == org.id, User.object_id.is_(None), User.scim_id.is_not(None),
+                User.scim_external_id_hmac.in_(sealed.blind_indexes("scim", {"externalId": value})))
+                .order_by(User.id)).scalars():
+            found.setdefault(user.id, (user, how))
+    return list(found.values())
+
+
+def _not_matched(org: Organization, reason: str) -> PortalError:
+    return refused(reason, f"{org.name} provisions its users' accounts from Microsoft Entra, and the account "
+                   "provisioned for you could not be matched to the Microsoft account you signed in with, so you "
+                   "cannot sign in yet. Ask your organisation's administrator for help.",
+                   title="Your account could not be matched",
+                   hint="For the administrator: in Microsoft Entra, check the provisioning's attribute mapping for "
+                        "externalId (objectId or mailNickname); the SECURITY tab counts the users not yet linked.")
 
 
 def _link_or_create(org: Organization, result: entra.SignIn) -> User:
-    """First SSO sign-in: link the provisioned user whose externalId is the object id, else an existing account
-    of the organisation by verified email (never a provisioned one: Entra said who they are), else create one."""
-    provisioned = _provisioned_user(org, result.object_id)
-    if provisioned is not None:
+    """First SSO sign-in: link the provisioned user whose externalId is the object id or the mail alias, else an
+    existing account of the organisation by verified email (never a provisioned one: Entra said who they are), else
+    create one. Refused rather than creating a second account for someone provisioning governs."""
+    candidates = _provisioned_candidates(org, result)
+    if len(candidates) > 1:
+        log.warning("Sign-in to organisation %s matched several provisioned users (%s): none linked", org.id,
+                    ", ".join(str(u.id) for u, _ in candidates))
+        raise _not_matched(org, "provisioned_ambiguous")
+    if candidates:
+        [(provisioned, how)] = candidates
         provisioned.tenant_id, provisioned.object_id = result.tenant_id, result.object_id
-        record("identity_linked", "success", org=org, actor=provisioned, detail="provisioned_user")
+        record("identity_linked", "success", org=org, actor=provisioned,
+               detail="provisioned_object_id" if how == "objectId" else "provisioned_mail_nickname")
         return provisioned
-    for email in org_emails(org, result):
+    emails = org_emails(org, result)
+    for email in emails:
         for existing in users_by_email(email, org):
             if existing.object_id is None and existing.scim_id is None:
                 existing.tenant_id, existing.object_id = result.tenant_id, result.object_id
                 record("identity_linked", "success", org=org, actor=existing)
                 return existing
+    if org.scim_token_hash is not None:
+        # Provisioning is on and made an account with this email that nothing above matched: a second account would
+        # escape provisioning (disabling the person in Entra would not reach it). The email only refuses here.
+        unmatched = sorted({u.id for email in emails for u in users_by_email(email, org)
+                            if u.scim_id is not None and u.object_id is None})
+        if unmatched:
+            log.warning("Sign-in to organisation %s refused: provisioned user(s) %s not matched by externalId",
+                        org.id, ", ".join(map(str, unmatched)))
+            raise _not_matched(org, "provisioned_not_matched")
     # The email comes from Microsoft: store_profile keeps it only if the organisation keeps copies.
     user = User(organization=org, role="member", tenant_id=result.tenant_id, object_id=result.object_id,
                 email_hmac=b"", email_enc=b"")

@@ -29,6 +29,11 @@ class User:
     def is_admin(self) -> bool:
         return self.role == "admin"
 
+    @property
+    def mail_nickname(self) -> str:
+        """The mail alias (Graph's mailNickname, Entra's default source of SCIM externalId): the UPN's local part."""
+        return self.profile.get("mailNickname") or self.upn.partition("@")[0]
+
 
 @dataclass
 class Group:

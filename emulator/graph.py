@@ -16,7 +16,7 @@ GRAPH_DEFAULT = ["businessPhones", "displayName", "givenName", "jobTitle", "mail
                  "mobilePhone", "officeLocation", "preferredLanguage", "surname",
                  "userPrincipalName", "id"]
 GRAPH_EXTRA = ["department", "companyName", "streetAddress", "city", "state", "postalCode",
-               "country", "usageLocation"]
+               "country", "usageLocation", "mailNickname"]
 
 
 @bp.get(GRAPH_PREFIX + "/v1.0/me")
@@ -43,7 +43,8 @@ def graph_me():
         context = "https://graph.microsoft.com/v1.0/$metadata#users/$entity"
     body = {"@odata.context": context}
     for name in fields:
-        body[name] = user.oid if name == "id" else user.profile.get(name)
+        body[name] = (user.oid if name == "id" else user.mail_nickname if name == "mailNickname"
+                      else user.profile.get(name))
     body.update(current().faults.get("graph_me") or {})
     return jsonify(body)
 

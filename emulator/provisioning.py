@@ -28,8 +28,8 @@ PATCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 SCIM_JSON = "application/scim+json"
 USER_STATES = ("enabled", "disabled", "deleted")  # deleted = hard-deleted (Entra sends DELETE)
 SCOPES = ("assigned", "all")  # Entra's "Sync only assigned users and groups" / "Sync all users and groups"
-# The source of externalId: Entra's own default mapping is mailNickname; the portal matches a provisioned user
-# to their sign-in by object id, so its set-up has the admin map objectId (the emulator's default).
+# The source of externalId: Entra's own default mapping is mailNickname (the same value Graph's /me gives); the
+# emulator's default is objectId, which the portal's set-up recommends (it survives renames).
 EXTERNAL_ID_SOURCES = ("objectId", "mailNickname")
 TIMEOUT = 10
 
@@ -43,7 +43,7 @@ def user_attributes(user: "User", external_id: str = "objectId") -> dict:
     p = user.profile
     attributes = {
         "userName": user.upn,
-        "externalId": user.oid if external_id == "objectId" else user.upn.split("@")[0],
+        "externalId": user.oid if external_id == "objectId" else user.mail_nickname,
         "displayName": p.get("displayName"),
         "title": p.get("jobTitle"),
         'emails[type eq "work"].value': user.mail,

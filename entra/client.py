@@ -35,6 +35,7 @@ class SignIn:
     profile: dict[str, Any]
     photo: bytes | None = None
     photo_type: str | None = None
+    mail_nickname: str | None = field(default=None, repr=False)  # matching a provisioned user only; never stored
     tenant_id: str = field(init=False)
     object_id: str = field(init=False)
 
@@ -186,15 +187,16 @@ class EntraClient:
             raise EntraError("no_id_token", "Microsoft's answer had no ID token.", status=502,
                              title="Microsoft could not finish the sign-in")
         claims = self.validate_id_token(id_token, nonce=flow.get("nonce", ""))
-        profile, photo, photo_type = self.read_profile(access_token, claims["oid"])
-        return SignIn(claims=claims, profile=profile, photo=photo, photo_type=photo_type)
+        profile, photo, photo_type, mail_nickname = self.read_profile(access_token, claims["oid"])
+        return SignIn(claims=claims, profile=profile, photo=photo, photo_type=photo_type, mail_nickname=mail_nickname)
 
     def validate_id_token(self, token: str, *, nonce: str) -> dict[str, Any]:
         """Check the ID token against the authority's keys and issuer and this client (see idtoken.validate)."""
         return idtoken.validate(token, nonce=nonce, client_id=self.client_id, keys=self.keys,
                                 issuer=lambda: self.discovery()["issuer"])
 
-    def read_profile(self, access_token: str, oid: str) -> tuple[dict[str, Any], bytes | None, str | None]:
+    def read_profile(self, access_token: str, oid: str
+                     ) -> tuple[dict[str, Any], bytes | None, str | None, str | None]:
         """Read /me and the photo once (see graph.read_profile)."""
         return graph.read_profile(self.get, self.graph, access_token, oid)
 

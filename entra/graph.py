@@ -20,16 +20,19 @@ PROFILE_FIELDS = (
     "department", "businessPhones", "mobilePhone", "officeLocation", "streetAddress", "city", "state",
     "postalCode", "country", "preferredLanguage",
 )
+# Read as well, only to match the user provisioning created (Entra's default externalId); never kept or shown.
+MATCH_FIELDS = ("mailNickname",)
 _BIDI = dict.fromkeys(map(ord, "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"))
 
 Get = Callable[..., requests.Response]  # EntraClient.get: (url, what, **kwargs), raises EntraError
 
 
 def read_profile(get: Get, graph: str, access_token: str,
-                 oid: str) -> tuple[dict[str, Any], bytes | None, str | None]:
-    """Read /me (basic profile) and the photo once; /me must describe the token's user."""
+                 oid: str) -> tuple[dict[str, Any], bytes | None, str | None, str | None]:
+    """Read /me (basic profile) and the photo once; /me must describe the token's user. Returns the profile, the
+    photo and its type, and the mail alias (mailNickname, for matching only: not part of the profile)."""
     auth = {"Authorization": f"Bearer {access_token}"}
-    resp = get(graph + "/me", "profile", params={"$select": ",".join(PROFILE_FIELDS)}, headers=auth)
+    resp = get(graph + "/me", "profile", params={"$select": ",".join(PROFILE_FIELDS + MATCH_FIELDS)}, headers=auth)
     data = json_or_none(resp)
     if not isinstance(data, dict):
         log.warning("Graph /me answered %s", resp.status_code)
@@ -39,8 +42,10 @@ def read_profile(get: Get, graph: str, access_token: str,
         raise EntraError("graph_id_mismatch", "Microsoft Graph returned a profile of another user.", status=502,
                          title="Your profile could not be read")
     profile = {k: _clean(data.get(k)) for k in PROFILE_FIELDS if k != "id" and data.get(k) not in (None, "", [])}
+    alias = data.get("mailNickname")
+    mail_nickname = alias if isinstance(alias, str) and 0 < len(alias) <= MAX_CLAIM else None
     photo, kind = _read_photo(get, graph, auth)
-    return profile, photo, kind
+    return profile, photo, kind, mail_nickname
 
 
 def _read_photo(get: Get, graph: str, auth: dict[str, str]) -> tuple[bytes | None, str | None]:

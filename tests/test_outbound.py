@@ -41,3 +41,15 @@ def test_discovery_and_keys_once_per_process_and_every_call_has_a_timeout(app, c
     # Inside a callback each call gets what the previous ones left of the deadline.
     after_token = [t for (_, url, t), name in zip(emulator.requests, calls) if name.startswith("v1.0/me")]
     assert after_token and all(t < limit for t in after_token)
+
+
+def test_graph_reads_the_basic_profile_and_the_mail_alias_only(app, client, emulator, northwind):
+    from urllib.parse import parse_qs, urlsplit
+
+    activate_sso(client)
+    [url] = [url for _, url, _ in emulator.requests if urlsplit(url).path.endswith("/v1.0/me")]
+    select = parse_qs(urlsplit(url).query)["$select"][0].split(",")
+    assert select == ["id", "displayName", "givenName", "surname", "mail", "userPrincipalName", "jobTitle",
+                      "companyName", "department", "businessPhones", "mobilePhone", "officeLocation",
+                      "streetAddress", "city", "state", "postalCode", "country", "preferredLanguage",
+                      "mailNickname"]  # the mail alias: read only to match a provisioned user, never kept

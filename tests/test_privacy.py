@@ -197,6 +197,7 @@ def test_download_my_data_is_a_json_attachment_of_everything_stored(app, client,
     profile = data["stored_profile"]
     assert profile["kept_after_sign_out"] is True
     assert profile["claims"]["displayName"] == "Lena Fischer" and profile["claims"]["city"] == "Seattle"
+    assert "mailNickname" not in profile["claims"]  # read at sign-in only to match a provisioned user, not kept
     photo = base64.b64decode(profile["photo"]["base64"])
     assert profile["photo"]["content_type"] == "image/png" and photo == client.get("/profile/photo").data
     assert [s["method"] for s in data["sessions"]] == ["sso"]

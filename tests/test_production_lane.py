@@ -283,3 +283,66 @@ def test_admin_turns_user_provisioning_on_entra_provisions_rotates_and_turns_it_
     off = prod_browser.submit("Turn off")
     assert off.url == PORTAL + "/settings/security" and "User provisioning is off" in prod_browser.flash()
     assert not valid(new) and "Generate token" in off
+
+
+def test_entra_default_mappings_provision_link_at_sign_in_and_disabling_keeps_the_member_out(prod_app, prod_emulator,
+                                                                                              prod_browser):
+    """Attribute mappings left at Entra's defaults (externalId ← mailNickname): one account, governed by Entra."""
+    import re
+
+    from browsing import PortalBrowser
+    from emulator.transport import WSGIAdapter
+
+    _activate(prod_browser)
+    prod_browser.sign_in_locally(ADMIN, PASSWORD, password_link=True)
+    prod_browser.open("/settings/security")
+    shown = prod_browser.submit("Generate token")
+    token = re.search(r'id="secret-token" type="text" readonly value="([^"]+)"', shown.text).group(1)
+    prod_emulator.provisioning_session.mount(PORTAL + "/", WSGIAdapter(prod_app))
+    prod_emulator.configure_provisioning(NORTHWIND_TID, tenant_url=PORTAL + "/scim/v2/", token=token,
+                                         external_id="mailNickname")
+    lena_oid = prod_emulator.directory.user_by_upn(MEMBER).oid
+    prod_emulator.set_tenant(NORTHWIND_TID, assigned=[lena_oid])
+    summary = prod_emulator.provision(NORTHWIND_TID)
+    assert summary["users"]["created"] == 1 and not summary["errors"], summary
+    assert "<dt>Not yet linked to a Microsoft sign-in</dt><dd>1</dd>" in prod_browser.open("/settings/security")
+
+    member = PortalBrowser({"portal.example.com": prod_app, "login.microsoftonline.com": prod_emulator.wsgi}, PORTAL)
+    assert member.sso_sign_in(MEMBER).url == PORTAL + "/"
+    assert "<dt>Not yet linked to a Microsoft sign-in</dt><dd>0</dd>" in prod_browser.open("/settings/security")
+    users = prod_browser.open("/settings/users")
+    assert users.text.count(MEMBER + "</td>") == 1  # linked to the provisioned row: no second account
+    assert "provisioned user, matched by mail alias (mailNickname)" in prod_browser.open("/settings/audit")
+
+    prod_emulator.set_user_state(lena_oid, "disabled")
+    assert prod_emulator.provision(NORTHWIND_TID)["users"]["disabled"] == 1
+    again = member.open("/profile/")
+    assert again.url.startswith(PORTAL + "/login") and "Sales Manager" not in again
+    prod_emulator.set_user_state(lena_oid, "enabled")  # Microsoft would let her in; the portal does not
+    refused = member.sso_sign_in(MEMBER)
+    assert refused.status == 403 and "Your account is blocked" in refused
+
+
+def test_a_provisioned_member_whose_external_id_matches_nothing_is_refused_not_duplicated(prod_app, prod_emulator,
+                                                                                          prod_browser):
+    import re
+
+    from browsing import PortalBrowser
+    from helpers import scim_call
+
+    _activate(prod_browser)
+    prod_browser.sign_in_locally(ADMIN, PASSWORD, password_link=True)
+    prod_browser.open("/settings/security")
+    shown = prod_browser.submit("Generate token")
+    token = re.search(r'id="secret-token" type="text" readonly value="([^"]+)"', shown.text).group(1)
+    # externalId mapped from an attribute the sign-in does not carry (an employee number).
+    body = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": MEMBER, "externalId": "E-10442",
+            "active": True}
+    assert scim_call(prod_app.test_client(), token, "POST", "Users", body, base_url=PORTAL).status_code == 201
+    member = PortalBrowser({"portal.example.com": prod_app, "login.microsoftonline.com": prod_emulator.wsgi}, PORTAL)
+    refused = member.sso_sign_in(MEMBER)
+    assert refused.status == 403 and "Your account could not be matched" in refused
+    assert "Ask your organisation" in refused and "externalId" in refused
+    assert member.open("/profile/").url.startswith(PORTAL + "/login")
+    assert prod_browser.open("/settings/users").text.count(MEMBER + "</td>") == 1
+    assert "the provisioned account could not be matched" in prod_browser.open("/settings/audit")

@@ -2,11 +2,12 @@
 blocked one is refused; while a provisioned admin group is set, app roles do not change roles at sign-in."""
 from __future__ import annotations
 
+import html
 import re
 
-from domain import directory, members, policy, provisioning
+from domain import directory, members, policy, profiles, provisioning
 from helpers import (FABRIKAM_TID, password_sign_in, provisioning_token, scim_group, scim_user, sign_out,
-                     sso_sign_in)
+                     sso_sign_in, submit)
 from models import AuditEvent, Organization, StoredProfile, User, db
 
 LENA = "lena.fischer@northwind.example"
@@ -65,7 +66,7 @@ def test_provisioned_user_is_linked_at_first_sign_in_by_object_id(app, client, a
     linked = next(u for u in users if u.id == lena)
     assert (linked.tenant_id, linked.object_id, linked.role) == (
         "6f1c2d3e-4a5b-4c7d-8e9f-0a1b2c3d4e5f", LENA_OID, "admin")
-    assert ("success", "provisioned_user", lena) in _events(app, "identity_linked")
+    assert ("success", "provisioned_object_id", lena) in _events(app, "identity_linked")
     # Now signed in: Active, still managed by Entra; an admin by the role provisioning gave.
     row = re.search(r"<tr>(?:(?!</tr>).)*" + re.escape(LENA) + r".*?</tr>", admin.get("/settings/users").data.decode(),
                     re.S).group(0)
@@ -77,18 +78,64 @@ def test_provisioned_user_is_linked_at_first_sign_in_by_object_id(app, client, a
     assert len(_users(app, active)) == before
 
 
-def test_another_external_id_is_not_linked_even_with_the_same_email(app, client, active):
-    # Entra's default mapping sends mailNickname: the userName (email) matches, the externalId does not.
+def test_entra_default_mapping_links_by_the_mail_alias_which_is_not_kept(app, client, active):
+    # Entra's default mapping sends mailNickname as externalId; Graph's /me gives the same alias at sign-in.
     lena = _provisioned(app, active, LENA, "lena.fischer")
     before = len(_users(app, active))
-    sso_sign_in(client, LENA)
+    home = sso_sign_in(client, LENA)
+    assert home.status_code in (302, 303) and client.get("/profile/").status_code == 200
     users = _users(app, active)
-    assert len(users) == before + 1  # sign-in behaves as without provisioning: a new Microsoft user
-    provisioned = next(u for u in users if u.id == lena)
-    assert (provisioned.tenant_id, provisioned.object_id) == (None, None)
-    new = next(u for u in users if u.object_id == LENA_OID)
-    assert new.scim_id is None and new.role == "member"
-    assert ("success", "provisioned_user", lena) not in _events(app, "identity_linked")
+    assert len(users) == before  # linked: no second account
+    assert next(u for u in users if u.id == lena).object_id == LENA_OID
+    assert ("success", "provisioned_mail_nickname", lena) in _events(app, "identity_linked")
+    # The alias was read only to match: not in the stored copy, the download or the profile page.
+    with app.app_context():
+        claims = profiles.profile_of(db.session.get(User, lena)).claims
+        assert claims["displayName"] == "Lena Fischer" and "mailNickname" not in claims
+    assert b"mailNickname" not in submit(client, client.get("/profile/"), "Download my data").data
+    assert b"mailNickname" not in client.get("/profile/").data
+    admin = app.test_client()
+    password_sign_in(admin, "admin@northwind.example")
+    assert "matched by mail alias (mailNickname)" in admin.get("/settings/audit").data.decode()
+
+
+def _refused_sign_in(app, client, active, caplog, reason: str, before: int):
+    with caplog.at_level("INFO"):
+        page = sso_sign_in(client, LENA)
+    assert page.status_code == 403
+    text = html.unescape(page.data.decode())
+    assert "Your account could not be matched" in text and "provisions its users' accounts from Microsoft Entra" in text
+    assert "Ask your organisation's administrator" in text and "externalId" in text
+    assert client.get("/profile/").status_code in (302, 303)  # no session
+    assert len(_users(app, active)) == before  # no second account
+    assert _events(app, "sign_in")[-1][:2] == ("failure", reason)
+    logged = caplog.text
+    assert "lena" not in logged.lower() and LENA_OID not in logged  # ids only
+
+
+def test_an_unmatched_provisioned_user_is_refused_rather_than_given_a_second_account(app, client, active, caplog):
+    # externalId mapped from something the sign-in does not carry; the email matches: refuse, never link by email.
+    lena = _provisioned(app, active, LENA, "E-10442")
+    before = len(_users(app, active))
+    _refused_sign_in(app, client, active, caplog, "provisioned_not_matched", before)
+    assert next(u for u in _users(app, active) if u.id == lena).object_id is None
+    assert f"provisioned user(s) {lena} not matched" in caplog.text
+    # With provisioning turned off the organisation is back to plain SSO: sign-in creates a Microsoft account.
+    with app.app_context():
+        provisioning.turn_off(db.session.get(Organization, active), policy.OPERATOR)
+    assert sso_sign_in(client, LENA).status_code in (302, 303)
+    users = _users(app, active)
+    assert len(users) == before + 1 and next(u for u in users if u.id == lena).object_id is None
+
+
+def test_several_matching_provisioned_users_link_none(app, client, active, caplog):
+    by_oid = _provisioned(app, active, LENA, LENA_OID)
+    by_alias = _provisioned(app, active, "l.fischer@northwind.example", "lena.fischer")
+    before = len(_users(app, active))
+    _refused_sign_in(app, client, active, caplog, "provisioned_ambiguous", before)
+    users = {u.id: u for u in _users(app, active)}
+    assert users[by_oid].object_id is None and users[by_alias].object_id is None
+    assert f"several provisioned users ({by_oid}, {by_alias})" in caplog.text
 
 
 def test_provisioned_user_of_another_organisation_is_not_linked(app, client, active):
@@ -169,3 +216,36 @@ def test_the_users_export_marks_provisioned_users(app, runner, active):
     assert (rows[lena]["provisioned"], rows[lena]["status"], rows[lena]["email"]) == (True, "provisioned", LENA)
     admin = next(r for r in rows.values() if r["email"] == "admin@northwind.example")
     assert (admin["provisioned"], admin["status"]) == (False, "active")
+
+
+def test_entra_defaults_end_to_end_one_account_and_disabling_in_entra_reaches_it(app, client, emulator, active):
+    """Entra's default mappings (externalId ← mailNickname): a cycle provisions Lena, her first Microsoft sign-in is
+    linked to that row, and disabling her in Entra ends her session and keeps her out."""
+    from emulator.transport import WSGIAdapter
+    from helpers import NORTHWIND_TID
+
+    loopback = lambda environ, start: app(dict(environ, REMOTE_ADDR="127.0.0.1"), start)  # noqa: E731
+    emulator.provisioning_session.mount("https://portal.test/", WSGIAdapter(loopback))
+    emulator.configure_provisioning(NORTHWIND_TID, tenant_url="https://portal.test/scim/v2", token=_token(app, active),
+                                    external_id="mailNickname")
+    emulator.set_tenant(NORTHWIND_TID, assigned=[LENA_OID])
+    summary = emulator.provision(NORTHWIND_TID)
+    assert summary["errors"] == [] and summary["users"]["created"] == 1
+    [lena] = [u.id for u in _users(app, active) if u.scim_id is not None]
+    before = len(_users(app, active))
+
+    assert sso_sign_in(client, LENA).status_code in (302, 303)
+    assert client.get("/profile/").status_code == 200
+    users = _users(app, active)
+    assert len(users) == before and next(u for u in users if u.id == lena).object_id == LENA_OID
+    assert ("success", "provisioned_mail_nickname", lena) in _events(app, "identity_linked")
+
+    emulator.set_user_state(LENA_OID, "disabled")
+    summary = emulator.provision(NORTHWIND_TID)
+    assert summary["errors"] == [] and summary["users"]["disabled"] == 1
+    assert client.get("/profile/").status_code in (302, 303)  # her live session ended at once
+    # Even should Microsoft let her in again before the next cycle, the portal keeps her account blocked.
+    emulator.set_user_state(LENA_OID, "enabled")
+    page = sso_sign_in(client, LENA)
+    assert page.status_code == 403 and b"Your account is blocked" in page.data
+    assert len(_users(app, active)) == before

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from domain import directory, provisioning
-from domain.errors import NotAllowed
+from domain.errors import InvalidInput, NotAllowed
 from domain.policy import OPERATOR
 from helpers import PASSWORD, database_bytes
 from models import AuditEvent, Organization, ScimGroup, ScimGroupMember, User, db
@@ -141,6 +141,18 @@ def test_set_admin_group_is_for_admins_and_takes_only_own_groups(app, scim, acti
         assert provisioning.set_admin_group(org, group["id"], OPERATOR)
         assert not provisioning.set_admin_group(org, group["id"], OPERATOR)
         assert provisioning.set_admin_group(org, None, OPERATOR) and org.scim_admin_group_id is None
+
+
+def test_set_admin_group_is_refused_while_single_sign_on_is_off(app, scim, active):
+    group = scim.create_group("Portal Admins")
+    with app.app_context():
+        org = _org(app, active)
+        org.sso_active = False
+        db.session.commit()
+        with pytest.raises(InvalidInput, match="needs single sign-on"):
+            provisioning.set_admin_group(org, group["id"], OPERATOR)
+        assert org.scim_admin_group_id is None
+        assert not db.session.execute(db.select(AuditEvent).where(AuditEvent.action == "scim_admin_group")).first()
 
 
 def test_deleting_the_admin_group_or_the_organisation_clears_the_setting(app, scim, active, runner):

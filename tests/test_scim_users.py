@@ -168,9 +168,39 @@ def test_adoption_refuses_break_glass_and_another_microsoft_account(app, client,
                                     break_glass=True)
     assert is_scim_error(scim.post("/Users", user_body("keyholder@northwind.example", "x")), 409, "uniqueness")
     sso_sign_in(client, LENA)
-    assert is_scim_error(scim.post("/Users", user_body(LENA, "not-her-object-id")), 409, "uniqueness")
+    # An externalId that is another object's id: Lena's account is linked to another Microsoft account.
+    other_object = "2c8f3e74-9e3a-4f2d-9c79-5a4b3dae6f03"
+    assert is_scim_error(scim.post("/Users", user_body(LENA, other_object)), 409, "uniqueness")
+    assert is_scim_error(scim.post("/Users", user_body(LENA, other_object.upper())), 409, "uniqueness")
     with app.app_context():
         assert db.session.scalar(db.select(db.func.count()).select_from(User).where(User.scim_id.is_not(None))) == 0
+
+
+@pytest.mark.parametrize("external_id, copies", [(LENA_OID, True), ("lena.fischer", True), (LENA_OID, False),
+                                                 (LENA_OID.upper(), True)],
+                         ids=["objectId", "mailNickname", "objectId-no-copies", "objectId-upper-case"])
+def test_a_user_who_signed_in_before_provisioning_is_adopted_and_disabling_blocks_them(app, client, scim, active,
+                                                                                         external_id, copies):
+    from domain import directory
+
+    with app.app_context():
+        db.session.get(Organization, active).store_profiles = copies
+        db.session.commit()
+    sso_sign_in(client, LENA)  # SSO before provisioning was turned on: a Microsoft account, not provisioned
+    assert signed_in(client)
+    with app.app_context():
+        before = db.session.scalar(db.select(db.func.count()).select_from(User))
+    lena = scim.create_user(LENA, external_id)  # Entra's first cycle
+    with app.app_context():
+        assert db.session.scalar(db.select(db.func.count()).select_from(User)) == before  # one account
+        user = db.session.execute(db.select(User).where(User.object_id == LENA_OID)).scalar_one()
+        assert user.scim_id == lena["id"] and directory.users_by_email(LENA) == [user]
+    [created] = _audit(app, "scim_user_created")
+    assert created.detail == f"user {user.id} adopted"
+    assert scim.patch(f"/Users/{lena['id']}", {"op": "Replace", "path": "active", "value": "False"}).status_code == 200
+    assert not signed_in(client)  # disabled in Entra: her live session ended
+    page = sso_sign_in(client, LENA)
+    assert page.status_code == 403 and b"Your account is blocked" in page.data
 
 
 def test_username_outside_the_organisations_domains_is_refused(scim):

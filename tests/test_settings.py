@@ -46,3 +46,6 @@ def test_activate_sso_shows_the_consent_explanation(client, northwind):
     for word in (b"Email address", b"Job title", b"Company", b"Department", b"Phone", b"address", b"language",
                  b"Profile image", b"User.Read", b"Continue to Microsoft"):
         assert word in resp.data
+    # The mail alias is read too, only to match a provisioned account, and said so.
+    assert b"Also your mail alias (<code>mailNickname</code>), only to match the account" in resp.data
+    assert b"It is not kept." in resp.data

@@ -23,6 +23,17 @@ def test_graph_select_without_id_and_unknown_property(http, browser):
     assert response.json()["error"]["code"] == "Request_BadRequest"
 
 
+def test_graph_select_mail_nickname_is_the_alias_provisioning_sends(emu, http, browser):
+    from emulator.provisioning import user_attributes
+
+    auth = {"Authorization": f"Bearer {tokens_for(http, browser)['access_token']}"}
+    body = http.get("https://graph.microsoft.com/v1.0/me", params={"$select": "id,mailNickname"},
+                    headers=auth).json()
+    lena = emu.directory.user_by_upn("lena.fischer@northwind.example")
+    assert body["mailNickname"] == "lena.fischer" == user_attributes(lena, "mailNickname")["externalId"]
+    assert "mailNickname" not in http.get("https://graph.microsoft.com/v1.0/me", headers=auth).json()  # not default
+
+
 def test_graph_rejects_bad_tokens(emu, http, browser):
     result = tokens_for(http, browser)
     me = "https://graph.microsoft.com/v1.0/me"
