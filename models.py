@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 from flask_login import UserMixin
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import Float, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint, false, func
+from sqlalchemy import Float, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint, false, func, inspect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -105,6 +105,12 @@ class User(UserMixin, db.Model):
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    def get_id(self) -> str:
+        """Flask-Login's id, from the row's identity when it has one: signing in right after the commit that
+        expired the row then reads it again for nothing."""
+        identity = inspect(self).identity
+        return str(identity[0] if identity else self.id)
 
 
 class ScimGroup(db.Model):

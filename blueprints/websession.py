@@ -15,7 +15,7 @@ from itsdangerous import URLSafeTimedSerializer
 
 import entra
 from domain import audit, sessions
-from models import User, db
+from models import User
 
 
 def init_app(app: Flask) -> None:
@@ -99,9 +99,6 @@ def signed_in(user: User) -> None:
     # Flask-Login's client fingerprint serves only its session protection, which is off (checked server-side):
     # 128 characters less in a cookie every request carries.
     session.pop("_id", None)
-    # login_user read the user again (the service committed): end that read, so this request holds no pooled
-    # connection while the response hooks (the limiter's) take one of their own.
-    db.session.commit()
 
 
 def sign_out() -> str | None:
