@@ -39,6 +39,7 @@ AUDIT_DETAILS = {
     "provisioned_mail_nickname": "provisioned user, matched by mail alias (mailNickname)",
     "provisioned_not_matched": "the provisioned account could not be matched",
     "provisioned_ambiguous": "several provisioned accounts matched",
+    "provisioned_user_merged": "the account provisioned for them merged into theirs",
 }
 AUDIT_OUTCOMES = {"success": "Succeeded", "failure": "Failed"}
 

@@ -245,6 +245,19 @@ def remove(org: Organization, user: User, actor: Actor) -> None:
     require_admin(actor, org, "removing a user")
     _keep_an_admin(user, org, "user_removed", actor, "removed")
     user_id = user.id
+    erase(user)
+    record("user_removed", "success", org=org, actor=actor if getattr(actor, "id", None) != user_id else None,
+           detail=f"user {user_id}")
+    db.session.commit()
+    db.session.expire_all()
+    scrub_deleted()
+    log.info("User %s of organisation %s removed", user_id, org.id)
+
+
+def erase(user: User) -> None:
+    """Delete the user's row and what refers to it: sessions, profile copy and photo, group memberships, sign-in
+    throttle counts; their audit events stay, without the actor (the caller audits and commits)."""
+    user_id = user.id
     try:
         key = account_key(user_email(user)) if user.password_hash else None
     except StoredDataUnreadable:
@@ -264,12 +277,6 @@ def remove(org: Organization, user: User, actor: Actor) -> None:
     db.session.execute(db.update(Organization).where(Organization.admin_consent_by_id == user_id)
                        .values(admin_consent_by_id=None), execution_options=sync)
     db.session.execute(db.delete(User).where(User.id == user_id), execution_options=sync)
-    record("user_removed", "success", org=org, actor=actor if getattr(actor, "id", None) != user_id else None,
-           detail=f"user {user_id}")
-    db.session.commit()
-    db.session.expire_all()
-    scrub_deleted()
-    log.info("User %s of organisation %s removed", user_id, org.id)
 
 
 def set_admins_from_entra(org: Organization, on: bool, actor: Actor) -> bool:

@@ -21,7 +21,7 @@ from domain.addresses import normalise_email
 from domain.audit import record
 from domain.directory import delete_groups, set_email, user_email, users_by_email
 from domain.errors import InvalidInput, PortalError
-from domain.members import is_last_admin, remove, set_blocked, set_role
+from domain.members import erase, is_last_admin, remove, set_blocked, set_role
 from domain.policy import PROVISIONING, Actor, require_admin
 from models import Organization, ScimGroup, ScimGroupMember, User, db, utcnow
 
@@ -411,6 +411,44 @@ def delete_user(org: Organization, scim_id: str) -> None:
     if is_last_admin(user, org):
         raise _refusal(scim.MutabilityException(detail=LAST_ADMIN), org, "user_removed", f"user {user.id} last_admin")
     remove(org, user, PROVISIONING)
+
+
+def merge_into(org: Organization, provisioned: User, user: User) -> bool:
+    """Merge a provisioned user not yet linked into the organisation's user who is not provisioned: Entra's POST
+    made a second account for someone who had signed in with Microsoft before provisioning was turned on (the
+    portal held neither their email nor their alias). The user takes the SCIM id, externalId's index, the kept copy
+    (re-sealed: it is bound to the row), the group memberships, a block (their sessions end) and, if they have
+    none, the email; the provisioned row goes; one commit. Then the admin-group rule applies to them.
+
+    False, both left alone (ids logged): a break-glass account; a provisioned account with a password (an adopted
+    account, not one provisioning made); a block of the organisation's last admin."""
+    if user.break_glass or provisioned.password_hash or (provisioned.blocked and is_last_admin(user, org)):
+        log.warning("Provisioned user %s not merged into user %s of organisation %s (break-glass, password or "
+                    "last admin)", provisioned.id, user.id, org.id)
+        return False
+    data = provisioned.scim_data_enc and sealed.open_sealed("scim", provisioned, provisioned.scim_data_enc)
+    email = None if user.email_enc else user_email(provisioned)
+    scim_id, external_id, blocked, gone = (provisioned.scim_id, provisioned.scim_external_id_hmac,
+                                           provisioned.blocked, provisioned.id)
+    # The user is not provisioned, so a member of no group: the memberships move as they are.
+    groups = set(db.session.execute(db.update(ScimGroupMember).where(ScimGroupMember.user_id == gone)
+                                    .values(user_id=user.id).returning(ScimGroupMember.group_id)
+                                    .execution_options(synchronize_session=False)).scalars())
+    erase(provisioned)
+    db.session.expunge(provisioned)
+    user.scim_id, user.scim_external_id_hmac = scim_id, external_id
+    user.scim_data_enc = sealed.seal("scim", user, data) if data else None
+    if email:
+        set_email(user, email)
+    record("identity_linked", "success", org=org, actor=user, detail="provisioned_user_merged")
+    log.info("Provisioned user %s merged into user %s of organisation %s", gone, user.id, org.id)
+    if blocked and not user.blocked:
+        set_blocked(org, user, True, PROVISIONING)  # commits the merge with the block
+    else:
+        db.session.commit()
+    if org.scim_admin_group_id in groups:
+        _promote(org, user)
+    return True
 
 
 def find_users(org: Organization, filter: str | None, start_index: int = 1, count: int | None = None

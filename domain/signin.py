@@ -14,6 +14,7 @@ from domain.errors import InvalidInput, NotAllowed, PortalError, refused
 from domain.members import blocked_refusal, role_at_sign_in
 from domain.policy import Actor, require_admin
 from domain.profiles import store_profile
+from domain.provisioning import merge_into
 from domain.races import bind_tenant, lock_organization, settle_races
 from domain.sessions import (State, current_sid_hash, end_sessions_for_entra_sid, put_pending, remember_finished,
                              start_session, take_pending)
@@ -94,6 +95,8 @@ def _sso_sign_in(org: Organization, result: entra.SignIn, state: State) -> User:
         user = _link_or_create(org, result)
     elif user.organization_id != org.id:
         raise NotAllowed("Your Microsoft account belongs to another organisation in this portal.")
+    elif user.scim_id is None and org.scim_token_hash is not None:
+        _merge_provisioned(org, result, user)
     if user.blocked:
         raise blocked_refusal(org)  # rolled back and audited as `blocked` by failures_recorded
     role_at_sign_in(org, user, result.claims)
@@ -142,6 +145,17 @@ def _provisioned_candidates(org: Organization, result: entra.SignIn) -> list[tup
                 .order_by(User.id)).scalars():
             found.setdefault(user.id, (user, how))
     return list(found.values())
+
+
+def _merge_provisioned(org: Organization, result: entra.SignIn, user: User) -> None:
+    """A user who signed in before provisioning was turned on, and whom Entra provisioned as a second account that
+    their sign-ins do not reach: merge that account into theirs (exactly one candidate; several: none, ids logged)."""
+    candidates = _provisioned_candidates(org, result)
+    if len(candidates) > 1:
+        log.warning("Sign-in of user %s of organisation %s matched several provisioned users (%s): none merged",
+                    user.id, org.id, ", ".join(str(u.id) for u, _ in candidates))
+    elif candidates:
+        merge_into(org, candidates[0][0], user)
 
 
 def _not_matched(org: Organization, reason: str) -> PortalError:

@@ -346,3 +346,44 @@ def test_a_provisioned_member_whose_external_id_matches_nothing_is_refused_not_d
     assert member.open("/profile/").url.startswith(PORTAL + "/login")
     assert prod_browser.open("/settings/users").text.count(MEMBER + "</td>") == 1
     assert "the provisioned account could not be matched" in prod_browser.open("/settings/audit")
+
+
+def test_a_member_who_signed_in_before_provisioning_is_merged_with_the_account_entra_made(prod_app, prod_emulator,
+                                                                                         prod_browser):
+    """No profile copies, Entra's default mapping: the portal held neither Lena's email nor her alias, so Entra's
+    cycle made a second account; her next sign-in merges it into hers, and disabling her in Entra reaches it."""
+    import re
+
+    from browsing import PortalBrowser
+    from emulator.transport import WSGIAdapter
+
+    _activate(prod_browser)
+    prod_browser.sign_in_locally(ADMIN, PASSWORD, password_link=True)
+    prod_browser.open("/settings/security")
+    prod_browser.submit("Save", checks={"store_profiles": False})
+    member = PortalBrowser({"portal.example.com": prod_app, "login.microsoftonline.com": prod_emulator.wsgi}, PORTAL)
+    assert member.sso_sign_in(MEMBER).url == PORTAL + "/"  # before provisioning is turned on
+    member.sign_out()
+
+    prod_browser.open("/settings/security")
+    shown = prod_browser.submit("Generate token")
+    token = re.search(r'id="secret-token" type="text" readonly value="([^"]+)"', shown.text).group(1)
+    prod_emulator.provisioning_session.mount(PORTAL + "/", WSGIAdapter(prod_app))
+    prod_emulator.configure_provisioning(NORTHWIND_TID, tenant_url=PORTAL + "/scim/v2/", token=token,
+                                         external_id="mailNickname")
+    lena_oid = prod_emulator.directory.user_by_upn(MEMBER).oid
+    prod_emulator.set_tenant(NORTHWIND_TID, assigned=[lena_oid])
+    assert prod_emulator.provision(NORTHWIND_TID)["users"]["created"] == 1
+    assert "<dt>Not yet linked to a Microsoft sign-in</dt><dd>1</dd>" in prod_browser.open("/settings/security")
+
+    assert member.sso_sign_in(MEMBER).url == PORTAL + "/"
+    assert "<dt>Not yet linked to a Microsoft sign-in</dt><dd>0</dd>" in prod_browser.open("/settings/security")
+    assert prod_browser.open("/settings/users").text.count(MEMBER + "</td>") == 1  # one account
+    assert "the account provisioned for them merged into theirs" in prod_browser.open("/settings/audit")
+
+    prod_emulator.set_user_state(lena_oid, "disabled")
+    assert prod_emulator.provision(NORTHWIND_TID)["users"]["disabled"] == 1
+    assert member.open("/profile/").url.startswith(PORTAL + "/login")  # her session ended
+    prod_emulator.set_user_state(lena_oid, "enabled")
+    refused = member.sso_sign_in(MEMBER)
+    assert refused.status == 403 and "Your account is blocked" in refused
