@@ -8,15 +8,27 @@ send under the Referrer-Policy and cookie flags the portal and Microsoft's pages
 from __future__ import annotations
 
 import json
+import re
 
-from browsing import may_be_framed
-from helpers import NORTHWIND_TID, PASSWORD
+from browsing import PortalBrowser, may_be_framed
+from emulator.transport import WSGIAdapter
+from helpers import NORTHWIND_TID, PASSWORD, scim_call
 
 ADMIN = "admin@northwind.example"
 MEMBER = "lena.fischer@northwind.example"
 SECOND_MEMBER = "omar.haddad@northwind.example"
 PORTAL = "https://portal.example.com"
 MICROSOFT = "https://login.microsoftonline.com"
+
+
+def _token_on(page) -> str:
+    """The provisioning token a page shows once."""
+    return re.search(r'id="secret-token" type="text" readonly value="([^"]+)"', page.text).group(1)
+
+
+def _member_browser(portal_app, emulator) -> PortalBrowser:
+    """A second person's browser, on the same portal and Microsoft."""
+    return PortalBrowser({"portal.example.com": portal_app, "login.microsoftonline.com": emulator.wsgi}, PORTAL)
 
 
 def _activate(browser) -> None:
@@ -196,8 +208,6 @@ def _evil_site(environ, start_response):
 
 
 def test_a_form_on_another_site_cannot_sign_the_user_out(prod_app, prod_emulator):
-    from browsing import PortalBrowser
-
     browser = PortalBrowser({"portal.example.com": prod_app, "login.microsoftonline.com": prod_emulator.wsgi,
                              "evil.example": _evil_site}, PORTAL)
     browser.sign_in_locally(ADMIN, PASSWORD)
@@ -210,10 +220,8 @@ def test_a_form_on_another_site_cannot_sign_the_user_out(prod_app, prod_emulator
 
 
 def test_admin_finds_and_blocks_a_member_on_the_users_tab(prod_app, prod_emulator, prod_browser):
-    from browsing import PortalBrowser
-
     _activate(prod_browser)
-    member = PortalBrowser({"portal.example.com": prod_app, "login.microsoftonline.com": prod_emulator.wsgi}, PORTAL)
+    member = _member_browser(prod_app, prod_emulator)
     assert member.sso_sign_in(MEMBER).url == PORTAL + "/"
     prod_browser.sign_in_locally(ADMIN, PASSWORD, password_link=True)
     prod_browser.open("/settings/users")
@@ -232,12 +240,6 @@ def test_admin_finds_and_blocks_a_member_on_the_users_tab(prod_app, prod_emulato
 
 def test_admin_turns_user_provisioning_on_entra_provisions_rotates_and_turns_it_off(prod_app, prod_emulator,
                                                                                     prod_browser):
-    import re
-
-    from browsing import PortalBrowser
-    from emulator.transport import WSGIAdapter
-    from helpers import scim_call
-
     def valid(token: str) -> bool:
         """Whether Entra's provisioning service gets in with the token (401 otherwise)."""
         resp = scim_call(prod_app.test_client(), token, "GET", "ServiceProviderConfig", base_url=PORTAL)
@@ -253,7 +255,7 @@ def test_admin_turns_user_provisioning_on_entra_provisions_rotates_and_turns_it_
     assert 'id="tenant-url" type="text" readonly value="https://portal.example.com/scim/v2/"' in shown
     (post,) = _posts(prod_browser, "/settings/security/provisioning/token")
     assert post.headers["Origin"] == PORTAL and post.headers["Referer"] == PORTAL + "/settings/security"
-    token = re.search(r'id="secret-token" type="text" readonly value="([^"]+)"', shown.text).group(1)
+    token = _token_on(shown)
     assert all(token not in s.url for s in prod_browser.sent)
     back = prod_browser.click("Back to SECURITY")
     assert "<code>https://portal.example.com/scim/v2/</code>" in back and token not in back
@@ -269,13 +271,13 @@ def test_admin_turns_user_provisioning_on_entra_provisions_rotates_and_turns_it_
     assert "<dt>Entra last called</dt><dd>never</dd>" not in block
     users = prod_browser.open("/settings/users")
     assert re.search(re.escape(MEMBER) + r"</td>.*?Provisioned — not signed in yet", users.text, re.S)
-    member = PortalBrowser({"portal.example.com": prod_app, "login.microsoftonline.com": prod_emulator.wsgi}, PORTAL)
+    member = _member_browser(prod_app, prod_emulator)
     assert member.sso_sign_in(MEMBER).url == PORTAL + "/"
     assert "<dt>Not yet linked to a Microsoft sign-in</dt><dd>0</dd>" in prod_browser.open("/settings/security")
 
     prod_browser.click("Rotate token…")
     rotated = prod_browser.submit("Rotate token")
-    new = re.search(r'id="secret-token" type="text" readonly value="([^"]+)"', rotated.text).group(1)
+    new = _token_on(rotated)
     assert new != token and not valid(token) and valid(new)
     assert prod_emulator.provision(NORTHWIND_TID)["errors"]  # Entra still holds the old token: refused
 
@@ -288,16 +290,11 @@ def test_admin_turns_user_provisioning_on_entra_provisions_rotates_and_turns_it_
 def test_entra_default_mappings_provision_link_at_sign_in_and_disabling_keeps_the_member_out(prod_app, prod_emulator,
                                                                                               prod_browser):
     """Attribute mappings left at Entra's defaults (externalId ← mailNickname): one account, governed by Entra."""
-    import re
-
-    from browsing import PortalBrowser
-    from emulator.transport import WSGIAdapter
-
     _activate(prod_browser)
     prod_browser.sign_in_locally(ADMIN, PASSWORD, password_link=True)
     prod_browser.open("/settings/security")
     shown = prod_browser.submit("Generate token")
-    token = re.search(r'id="secret-token" type="text" readonly value="([^"]+)"', shown.text).group(1)
+    token = _token_on(shown)
     prod_emulator.provisioning_session.mount(PORTAL + "/", WSGIAdapter(prod_app))
     prod_emulator.configure_provisioning(NORTHWIND_TID, tenant_url=PORTAL + "/scim/v2/", token=token,
                                          external_id="mailNickname")
@@ -307,7 +304,7 @@ def test_entra_default_mappings_provision_link_at_sign_in_and_disabling_keeps_th
     assert summary["users"]["created"] == 1 and not summary["errors"], summary
     assert "<dt>Not yet linked to a Microsoft sign-in</dt><dd>1</dd>" in prod_browser.open("/settings/security")
 
-    member = PortalBrowser({"portal.example.com": prod_app, "login.microsoftonline.com": prod_emulator.wsgi}, PORTAL)
+    member = _member_browser(prod_app, prod_emulator)
     assert member.sso_sign_in(MEMBER).url == PORTAL + "/"
     assert "<dt>Not yet linked to a Microsoft sign-in</dt><dd>0</dd>" in prod_browser.open("/settings/security")
     users = prod_browser.open("/settings/users")
@@ -325,21 +322,16 @@ def test_entra_default_mappings_provision_link_at_sign_in_and_disabling_keeps_th
 
 def test_a_provisioned_member_whose_external_id_matches_nothing_is_refused_not_duplicated(prod_app, prod_emulator,
                                                                                           prod_browser):
-    import re
-
-    from browsing import PortalBrowser
-    from helpers import scim_call
-
     _activate(prod_browser)
     prod_browser.sign_in_locally(ADMIN, PASSWORD, password_link=True)
     prod_browser.open("/settings/security")
     shown = prod_browser.submit("Generate token")
-    token = re.search(r'id="secret-token" type="text" readonly value="([^"]+)"', shown.text).group(1)
+    token = _token_on(shown)
     # externalId mapped from an attribute the sign-in does not carry (an employee number).
     body = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": MEMBER, "externalId": "E-10442",
             "active": True}
     assert scim_call(prod_app.test_client(), token, "POST", "Users", body, base_url=PORTAL).status_code == 201
-    member = PortalBrowser({"portal.example.com": prod_app, "login.microsoftonline.com": prod_emulator.wsgi}, PORTAL)
+    member = _member_browser(prod_app, prod_emulator)
     refused = member.sso_sign_in(MEMBER)
     assert refused.status == 403 and "Your account could not be matched" in refused
     assert "Ask your organisation" in refused and "externalId" in refused
@@ -352,22 +344,17 @@ def test_a_member_who_signed_in_before_provisioning_is_merged_with_the_account_e
                                                                                          prod_browser):
     """No profile copies, Entra's default mapping: the portal held neither Lena's email nor her alias, so Entra's
     cycle made a second account; her next sign-in merges it into hers, and disabling her in Entra reaches it."""
-    import re
-
-    from browsing import PortalBrowser
-    from emulator.transport import WSGIAdapter
-
     _activate(prod_browser)
     prod_browser.sign_in_locally(ADMIN, PASSWORD, password_link=True)
     prod_browser.open("/settings/security")
     prod_browser.submit("Save", checks={"store_profiles": False})
-    member = PortalBrowser({"portal.example.com": prod_app, "login.microsoftonline.com": prod_emulator.wsgi}, PORTAL)
+    member = _member_browser(prod_app, prod_emulator)
     assert member.sso_sign_in(MEMBER).url == PORTAL + "/"  # before provisioning is turned on
     member.sign_out()
 
     prod_browser.open("/settings/security")
     shown = prod_browser.submit("Generate token")
-    token = re.search(r'id="secret-token" type="text" readonly value="([^"]+)"', shown.text).group(1)
+    token = _token_on(shown)
     prod_emulator.provisioning_session.mount(PORTAL + "/", WSGIAdapter(prod_app))
     prod_emulator.configure_provisioning(NORTHWIND_TID, tenant_url=PORTAL + "/scim/v2/", token=token,
                                          external_id="mailNickname")
