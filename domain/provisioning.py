@@ -61,6 +61,13 @@ def entra_user() -> type[EntraUser]:
     return scim.User[scim.EnterpriseUser]
 
 
+@functools.cache
+def specialised(generic: type, model: type) -> type:
+    """A scim2-models generic class for one resource type (ListResponse[…], PatchOp[…], ResponseParameters[…]), built
+    once: each subscription makes pydantic build and check a new class (milliseconds of CPU a request)."""
+    return generic[model]
+
+
 class NoSuchGroup(PortalError):
     """A group id that is not one of the organisation's provisioned groups: a 404."""
 
@@ -612,7 +619,7 @@ def patch_group(org: Organization, scim_id: str, patch: scim.PatchOp) -> None:
             rest.append(operation)
     resource = group_resource(org, group, members=False)
     if rest:
-        scim.PatchOp[scim.Group](operations=rest).patch(resource)
+        specialised(scim.PatchOp, scim.Group)(operations=rest).patch(resource)
     name = _group_name(resource)
     taken = _group_taken(org, group, name, resource.external_id)
     if taken:
