@@ -46,7 +46,7 @@ _counts = RateCount.__table__
 
 def _incr_statement(dialect: str):
     """Add `amount` to a key's count, or start it afresh (with a new window) once its window has passed; returns the
-    count. One statement (an upsert), atomic on SQLite and PostgreSQL alike."""
+    count and when its window ends. One statement (an upsert), atomic on SQLite and PostgreSQL alike."""
     counted = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect](_counts).values(
         key=bindparam("key", type_=String), count=bindparam("amount", type_=Integer),
         expires_at=bindparam("expires_at", type_=Float))
@@ -54,7 +54,7 @@ def _incr_statement(dialect: str):
     return counted.on_conflict_do_update(index_elements=[_counts.c.key], set_={
         "count": case((passed, counted.excluded["count"]), else_=_counts.c.count + counted.excluded["count"]),
         "expires_at": case((passed, counted.excluded.expires_at), else_=_counts.c.expires_at),
-    }).returning(_counts.c.count)
+    }).returning(_counts.c.count, _counts.c.expires_at)
 
 
 _INCR = {dialect: _incr_statement(dialect) for dialect in ("postgresql", "sqlite")}
@@ -108,6 +108,8 @@ class DatabaseStorage(Storage, MovingWindowSupport):
         return (oldest if oldest is not None else now), counted
 
     def clear(self, key: str) -> None:
+        if has_app_context():
+            g.get("rate_counts", {}).pop(key, None)
         with db.engine.begin() as conn:
             conn.execute(delete(_hits).where(_hits.c.key == key))
             conn.execute(delete(_counts).where(_counts.c.key == key))
@@ -131,8 +133,11 @@ class DatabaseStorage(Storage, MovingWindowSupport):
         count, this one included."""
         now = time.time()
         with _counting() as conn:
-            return conn.execute(_INCR[conn.dialect.name],
-                                {"key": key, "amount": amount, "expires_at": now + expiry, "now": now}).scalar_one()
+            count, expires_at = conn.execute(_INCR[conn.dialect.name], {
+                "key": key, "amount": amount, "expires_at": now + expiry, "now": now}).one()
+        if has_app_context():  # the request's rate limit headers show this count (get, get_expiry): no query again
+            g.setdefault("rate_counts", {})[key] = (count, expires_at)
+        return count
 
     def get(self, key: str) -> int:
         count, expires_at = self._count(key)
@@ -143,6 +148,9 @@ class DatabaseStorage(Storage, MovingWindowSupport):
 
     @staticmethod
     def _count(key: str) -> tuple[int, float]:
+        taken = g.get("rate_counts", {}).get(key) if has_app_context() else None
+        if taken is not None:
+            return taken
         with db.engine.connect() as conn:
             row = conn.execute(_COUNT, {"key": key}).first()
         return (row.count, row.expires_at) if row is not None else (0, 0.0)

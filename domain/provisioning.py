@@ -438,11 +438,13 @@ def _lookup(text: str, model: type, allowed: set[str]) -> tuple[str, str]:
 
 def _page(query, key, start_index: int, count: int | None, show) -> tuple[int, list]:
     """RFC 7644 §3.4.2.4: startIndex below 1 is 1, a negative count 0; at most MAX_RESULTS a page."""
-    total = db.session.scalar(db.select(db.func.count()).select_from(query.subquery())) or 0
     count = MAX_RESULTS if count is None else max(0, min(count, MAX_RESULTS))
-    if count == 0:
-        return total, []
-    rows = db.session.execute(query.order_by(key).offset(max(start_index, 1) - 1).limit(count)).scalars()
+    skipped = max(start_index, 1) - 1
+    rows = list(db.session.execute(query.order_by(key).offset(skipped).limit(count)).scalars()) if count else []
+    if count and len(rows) < count and (rows or not skipped):
+        total = skipped + len(rows)  # the last page (a filter's look-up): the total without counting again
+    else:
+        total = db.session.scalar(db.select(db.func.count()).select_from(query.subquery())) or 0
     return total, [show(row) for row in rows]
 
 

@@ -88,8 +88,10 @@ def test_scim_counts_once_per_token_for_every_worker_and_expired_counts_are_swep
         for a in (app, other):
             a.config["RATELIMIT_SCIM"] = "5 per minute"
         elsewhere = ScimClient(other.test_client(), scim.token)
-        answers = [c.get("/Users").status_code for c in (scim, elsewhere) * 3]
-        assert answers == [200] * 5 + [429]  # the other worker knows about the first worker's requests
+        answers = [c.get("/Users") for c in (scim, elsewhere) * 3]
+        assert [a.status_code for a in answers] == [200] * 5 + [429]  # the other worker knows about the first's
+        assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["4", "3", "2", "1", "0", "0"]
+        assert 0 < int(answers[-1].headers["Retry-After"]) <= 60
         with app.app_context():
             # One count for the token (kept as its SHA-256, never the token), not a row per request.
             (key,) = db.session.scalars(db.select(RateCount.key)).all()
