@@ -74,6 +74,9 @@ class User(UserMixin, db.Model):
                       # The USERS tab: an organisation's users, newest sign-in first, a page at a time.
                       Index("ix_users_org_last_sign_in", "organization_id", "last_sign_in_at", "id"),
                       Index("ix_users_org_scim_external_id", "organization_id", "scim_external_id_hmac"),
+                      # An organisation's user by email (SCIM's userName): without it SQLite, lacking statistics,
+                      # walks all of the organisation's users (ix_users_organization_id) for each look-up.
+                      Index("ix_users_org_email", "organization_id", "email_hmac"),
                       Index("uq_users_scim_id", "scim_id", unique=True))
 
     id: Mapped[int] = mapped_column(primary_key=True)
