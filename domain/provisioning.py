@@ -316,9 +316,20 @@ def _check_active(org: Organization, user: User, active: bool | None, action: st
 def _set_active(org: Organization, user: User, active: bool | None) -> None:
     """Block (sessions end at once) or unblock through the USERS tab's service; it commits."""
     if active is None or bool(user.blocked) == (not active):
-        db.session.commit()
+        _commit_keeping_loaded()
         return
     set_blocked(org, user, not active, PROVISIONING)
+
+
+def _commit_keeping_loaded() -> None:
+    """Commit without expiring the loaded rows: they hold what this transaction wrote, and the answer is built from
+    them (user_resource) without loading the user and the organisation again."""
+    session = db.session()
+    session.expire_on_commit = False
+    try:
+        session.commit()
+    finally:
+        session.expire_on_commit = True
 
 
 def create_user(org: Organization, resource: EntraUser) -> EntraUser:
