@@ -8,11 +8,12 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 import click
-from flask import Flask, g, render_template, request
+from flask import Flask, g, has_request_context, render_template, request
 from flask.cli import FlaskGroup
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFError, CSRFProtect, same_origin
+from limits.strategies import FixedWindowRateLimiter, RateLimiter
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -107,7 +108,25 @@ def _finish_config(app: Flask) -> None:
 
 class _Limiter(Limiter):
     """Flask-Limiter for the sign-in steps and the SCIM endpoint only, counting a request's limits in one transaction
-    (throttles.counting_together)."""
+    (throttles.counting_together). The SCIM endpoint counts with a fixed window: one count per token, where the moving
+    window keeps (and counts) a row per request — tens of thousands in an initial provisioning cycle."""
+
+    _scim_strategy: RateLimiter | None = None  # while the limits are enabled
+
+    def init_app(self, app: Flask) -> None:
+        super().init_app(app)
+        if self.enabled:
+            self._scim_strategy = FixedWindowRateLimiter(self.storage)
+
+    @property
+    def limiter(self) -> RateLimiter:
+        # Flask-Limiter asks for the strategy at each count and for the headers: the SCIM endpoint's is its own
+        # (not while Flask-Limiter falls back to counting in memory: that strategy is the fallback's).
+        strategy, scim_strategy = super().limiter, self._scim_strategy
+        if (scim_strategy is not None and strategy.storage is scim_strategy.storage and has_request_context()
+                and request.blueprint == "scim"):
+            return scim_strategy
+        return strategy
 
     def _check_request_limit(self, *args, **kwargs):
         # Every other request (page views, static files, GETs of the sign-in pages) leaves here, before Flask-Limiter

@@ -5,7 +5,7 @@ from datetime import datetime, timezone
 
 from flask_login import UserMixin
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import Float, ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint, false, func, inspect
+from sqlalchemy import Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint, false, func, inspect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -74,6 +74,9 @@ class User(UserMixin, db.Model):
                       # The USERS tab: an organisation's users, newest sign-in first, a page at a time.
                       Index("ix_users_org_last_sign_in", "organization_id", "last_sign_in_at", "id"),
                       Index("ix_users_org_scim_external_id", "organization_id", "scim_external_id_hmac"),
+                      # An organisation's user by email (SCIM's userName): without it SQLite, lacking statistics,
+                      # walks all of the organisation's users (ix_users_organization_id) for each look-up.
+                      Index("ix_users_org_email", "organization_id", "email_hmac"),
                       Index("uq_users_scim_id", "scim_id", unique=True))
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -210,4 +213,16 @@ class SignInHit(db.Model):
     id: Mapped[int] = mapped_column(primary_key=True)
     key: Mapped[str] = mapped_column(String(255))
     at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+class RateCount(db.Model):
+    """A fixed-window rate limit's count (the SCIM endpoint's, per bearer token), shared by every worker: one row per
+    limit and whom it counts, started afresh once `expires_at` (seconds since the epoch) has passed (throttles.py);
+    swept with expired sessions."""
+
+    __tablename__ = "rate_counts"
+
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
     expires_at: Mapped[float] = mapped_column(Float, index=True)

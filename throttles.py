@@ -4,10 +4,12 @@ Flask-Limiter counts the per-IP limits before a request reaches its view; `hit` 
 a view can know about (a failed password check), with the same strategy and storage.
 
 A storage backend for `limits`, the engine under Flask-Limiter, selected with
-RATELIMIT_STORAGE_URI = "portal-database://" (the default). It supports the moving window: one row per counted
-request, counted while its window lasts. Counting runs in its own short transaction, serialised per key, so
-parallel requests on several workers cannot all slip under a limit; a request's limits are counted in one
-transaction (`counting_together`).
+RATELIMIT_STORAGE_URI = "portal-database://" (the default). It supports the moving window, the sign-in throttles'
+strategy: one row per counted request (`sign_in_hits`), counted while its window lasts. And the fixed window, the
+SCIM endpoint's (app._Limiter): one row per key (`rate_counts`) incremented in one statement, so a provisioning cycle
+of tens of thousands of requests costs the same per request at its end as at its start. Counting runs in its own
+short transaction, serialised per key, so parallel requests on several workers cannot all slip under a limit; a
+request's limits are counted in one transaction (`counting_together`).
 """
 from __future__ import annotations
 
@@ -19,10 +21,11 @@ from typing import Iterator
 from flask import current_app, g, has_app_context
 from limits import parse_many
 from limits.storage import MovingWindowSupport, Storage
-from sqlalchemy import Float, Integer, String, bindparam, delete, func, insert, select, text
+from sqlalchemy import Float, Integer, String, bindparam, case, delete, func, insert, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from models import SignInHit, db
+from models import RateCount, SignInHit, db
 
 SCHEME = "portal-database"
 
@@ -38,6 +41,25 @@ _ACQUIRE = insert(_hits).from_select(
 _WINDOW = select(func.min(_hits.c.at), func.count()).where(_IN_WINDOW)
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 
+_counts = RateCount.__table__
+
+
+def _incr_statement(dialect: str):
+    """Add `amount` to a key's count, or start it afresh (with a new window) once its window has passed; returns the
+    count and when its window ends. One statement (an upsert), atomic on SQLite and PostgreSQL alike."""
+    counted = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect](_counts).values(
+        key=bindparam("key", type_=String), count=bindparam("amount", type_=Integer),
+        expires_at=bindparam("expires_at", type_=Float))
+    passed = _counts.c.expires_at <= bindparam("now", type_=Float)
+    return counted.on_conflict_do_update(index_elements=[_counts.c.key], set_={
+        "count": case((passed, counted.excluded["count"]), else_=_counts.c.count + counted.excluded["count"]),
+        "expires_at": case((passed, counted.excluded.expires_at), else_=_counts.c.expires_at),
+    }).returning(_counts.c.count, _counts.c.expires_at)
+
+
+_INCR = {dialect: _incr_statement(dialect) for dialect in ("postgresql", "sqlite")}
+_COUNT = select(_counts.c.count, _counts.c.expires_at).where(_counts.c.key == bindparam("key", type_=String))
+
 
 _PROBE_KEY = "health-check"  # counted keys are hashes, so this one never meets a limit
 
@@ -49,7 +71,8 @@ def probe_write(conn) -> None:
 
 
 class DatabaseStorage(Storage, MovingWindowSupport):
-    """Moving-window counters in the `sign_in_hits` table (used inside requests: it needs the app context)."""
+    """Moving-window counters in the `sign_in_hits` table, fixed-window counts in `rate_counts` (used inside requests:
+    it needs the app context)."""
 
     STORAGE_SCHEME = [SCHEME]
 
@@ -61,10 +84,7 @@ class DatabaseStorage(Storage, MovingWindowSupport):
         """Count `amount` requests under `key` unless that would exceed `limit` within the last `expiry` seconds."""
         if amount > limit:
             return False
-        together = g.get("throttle_counting") if has_app_context() else None
-        if together is not None:
-            return self._acquire(together.connection(), key, limit, expiry, amount)
-        with db.engine.begin() as conn:
+        with _counting() as conn:
             return self._acquire(conn, key, limit, expiry, amount)
 
     @staticmethod
@@ -88,12 +108,15 @@ class DatabaseStorage(Storage, MovingWindowSupport):
         return (oldest if oldest is not None else now), counted
 
     def clear(self, key: str) -> None:
+        if has_app_context():
+            g.get("rate_counts", {}).pop(key, None)
         with db.engine.begin() as conn:
             conn.execute(delete(_hits).where(_hits.c.key == key))
+            conn.execute(delete(_counts).where(_counts.c.key == key))
 
     def reset(self) -> int | None:
         with db.engine.begin() as conn:
-            return conn.execute(delete(_hits)).rowcount
+            return conn.execute(delete(_hits)).rowcount + conn.execute(delete(_counts)).rowcount
 
     def check(self) -> bool:
         try:
@@ -103,18 +126,45 @@ class DatabaseStorage(Storage, MovingWindowSupport):
         except SQLAlchemyError:
             return False
 
-    def get(self, key: str) -> int:
-        with db.engine.connect() as conn:
-            return conn.scalar(select(func.count()).where(_hits.c.key == key, _hits.c.expires_at > time.time()))
-
-    def get_expiry(self, key: str) -> float:
-        with db.engine.connect() as conn:
-            latest = conn.scalar(select(func.max(_hits.c.expires_at)).where(_hits.c.key == key))
-        return latest if latest is not None else time.time()
+    # The fixed window (the SCIM endpoint's limit): a count per key in `rate_counts`.
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        # Only the fixed-window strategies count this way; app.py refuses them with this storage at start-up.
-        raise NotImplementedError("portal-database:// counts with RATELIMIT_STRATEGY = 'moving-window' only")
+        """Count `amount` more under `key` (from 0 with a window of `expiry` seconds once the last has passed); the
+        count, this one included."""
+        now = time.time()
+        with _counting() as conn:
+            count, expires_at = conn.execute(_INCR[conn.dialect.name], {
+                "key": key, "amount": amount, "expires_at": now + expiry, "now": now}).one()
+        if has_app_context():  # the request's rate limit headers show this count (get, get_expiry): no query again
+            g.setdefault("rate_counts", {})[key] = (count, expires_at)
+        return count
+
+    def get(self, key: str) -> int:
+        count, expires_at = self._count(key)
+        return count if expires_at > time.time() else 0
+
+    def get_expiry(self, key: str) -> float:
+        return max(self._count(key)[1], time.time())
+
+    @staticmethod
+    def _count(key: str) -> tuple[int, float]:
+        taken = g.get("rate_counts", {}).get(key) if has_app_context() else None
+        if taken is not None:
+            return taken
+        with db.engine.connect() as conn:
+            row = conn.execute(_COUNT, {"key": key}).first()
+        return (row.count, row.expires_at) if row is not None else (0, 0.0)
+
+
+@contextmanager
+def _counting():
+    """The request's counting transaction (counting_together), else a transaction of its own."""
+    together = g.get("throttle_counting") if has_app_context() else None
+    if together is not None:
+        yield together.connection()
+        return
+    with db.engine.begin() as conn:
+        yield conn
 
 
 @contextmanager
@@ -156,9 +206,10 @@ class _Together:
 
 
 def forget_expired() -> int:
-    """Delete counted requests whose window has passed (the caller commits); how many."""
-    return db.session.execute(delete(SignInHit).where(SignInHit.expires_at <= time.time()),
-                              execution_options={"synchronize_session": False}).rowcount or 0
+    """Delete counted requests and counts whose window has passed (the caller commits); how many."""
+    now, sync = time.time(), {"synchronize_session": False}
+    return sum(db.session.execute(delete(model).where(model.expires_at <= now), execution_options=sync).rowcount or 0
+               for model in (SignInHit, RateCount))
 
 
 def _strategy():

@@ -154,7 +154,7 @@ def _number(name: str, default: int | None) -> int | None:
 
 def _response_parameters(model: type) -> scim.ResponseParameters:
     wanted = {k: v for k, v in request.args.items() if k in ("attributes", "excludedAttributes")}
-    return scim.ResponseParameters[model].model_validate(wanted)
+    return provisioning.specialised(scim.ResponseParameters, model).model_validate(wanted)
 
 
 def _manager(value: Any) -> Any:
@@ -222,8 +222,8 @@ def _schemas() -> list[scim.Schema]:
 
 
 def _listed(model: type, items: list[Any]) -> Response:
-    listed = scim.ListResponse[model](total_results=len(items), start_index=1, items_per_page=len(items),
-                                      resources=items)
+    listed = provisioning.specialised(scim.ListResponse, model)(total_results=len(items), start_index=1,
+                                                                items_per_page=len(items), resources=items)
     return scim_response(listed.model_dump(scim_ctx=scim.Context.SEARCH_RESPONSE))
 
 
@@ -265,8 +265,9 @@ def users():
     parameters = _response_parameters(model)
     total, found = provisioning.find_users(g.scim_org, request.args.get("filter"), _number("startIndex", 1),
                                            _number("count", None))
-    listed = scim.ListResponse[model](total_results=total, start_index=max(_number("startIndex", 1), 1),
-                                      items_per_page=len(found), resources=[_located(r, "scim.user") for r in found])
+    listed = provisioning.specialised(scim.ListResponse, model)(
+        total_results=total, start_index=max(_number("startIndex", 1), 1), items_per_page=len(found),
+        resources=[_located(r, "scim.user") for r in found])
     return scim_response(listed.model_dump(scim_ctx=scim.Context.SEARCH_RESPONSE, response_parameters=parameters))
 
 
@@ -293,8 +294,8 @@ def replace_user(scim_id: str):
 def patch_user(scim_id: str):
     body = _entra_patch(_body())
     with entra_policy():
-        patch = scim.PatchOp[provisioning.entra_user()].model_validate(body,
-                                                                        scim_ctx=scim.Context.RESOURCE_PATCH_REQUEST)
+        patch = provisioning.specialised(scim.PatchOp, provisioning.entra_user()).model_validate(
+            body, scim_ctx=scim.Context.RESOURCE_PATCH_REQUEST)
         patched = provisioning.patch_user(g.scim_org, scim_id, patch)
     return scim_response(_user_json(patched, scim.Context.RESOURCE_PATCH_RESPONSE))
 
@@ -323,9 +324,9 @@ def groups():
     parameters = _response_parameters(scim.Group)
     total, found = provisioning.find_groups(g.scim_org, request.args.get("filter"), _number("startIndex", 1),
                                             _number("count", None), members=_with_members(parameters))
-    listed = scim.ListResponse[scim.Group](total_results=total, start_index=max(_number("startIndex", 1), 1),
-                                           items_per_page=len(found),
-                                           resources=[_located(r, "scim.group") for r in found])
+    listed = provisioning.specialised(scim.ListResponse, scim.Group)(
+        total_results=total, start_index=max(_number("startIndex", 1), 1), items_per_page=len(found),
+        resources=[_located(r, "scim.group") for r in found])
     return scim_response(listed.model_dump(scim_ctx=scim.Context.SEARCH_RESPONSE, response_parameters=parameters))
 
 
@@ -355,7 +356,8 @@ def replace_group(scim_id: str):
 def patch_group(scim_id: str):
     body = _body()
     with entra_policy():
-        patch = scim.PatchOp[scim.Group].model_validate(body, scim_ctx=scim.Context.RESOURCE_PATCH_REQUEST)
+        patch = provisioning.specialised(scim.PatchOp, scim.Group).model_validate(
+            body, scim_ctx=scim.Context.RESOURCE_PATCH_REQUEST)
         provisioning.patch_group(g.scim_org, scim_id, patch)
     return scim_response(None, 204)
 

@@ -62,6 +62,13 @@ def entra_user() -> type[EntraUser]:
     return scim.User[scim.EnterpriseUser]
 
 
+@functools.cache
+def specialised(generic: type, model: type) -> type:
+    """A scim2-models generic class for one resource type (ListResponse[…], PatchOp[…], ResponseParameters[…]), built
+    once: each subscription makes pydantic build and check a new class (milliseconds of CPU a request)."""
+    return generic[model]
+
+
 class NoSuchGroup(PortalError):
     """A group id that is not one of the organisation's provisioned groups: a 404."""
 
@@ -313,9 +320,20 @@ def _check_active(org: Organization, user: User, active: bool | None, action: st
 def _set_active(org: Organization, user: User, active: bool | None) -> None:
     """Block (sessions end at once) or unblock through the USERS tab's service; it commits."""
     if active is None or bool(user.blocked) == (not active):
-        db.session.commit()
+        _commit_keeping_loaded()
         return
     set_blocked(org, user, not active, PROVISIONING)
+
+
+def _commit_keeping_loaded() -> None:
+    """Commit without expiring the loaded rows: they hold what this transaction wrote, and the answer is built from
+    them (user_resource) without loading the user and the organisation again."""
+    session = db.session()
+    session.expire_on_commit = False
+    try:
+        session.commit()
+    finally:
+        session.expire_on_commit = True
 
 
 _OBJECT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
@@ -493,11 +511,13 @@ def _lookup(text: str, model: type, allowed: set[str]) -> tuple[str, str]:
 
 def _page(query, key, start_index: int, count: int | None, show) -> tuple[int, list]:
     """RFC 7644 §3.4.2.4: startIndex below 1 is 1, a negative count 0; at most MAX_RESULTS a page."""
-    total = db.session.scalar(db.select(db.func.count()).select_from(query.subquery())) or 0
     count = MAX_RESULTS if count is None else max(0, min(count, MAX_RESULTS))
-    if count == 0:
-        return total, []
-    rows = db.session.execute(query.order_by(key).offset(max(start_index, 1) - 1).limit(count)).scalars()
+    skipped = max(start_index, 1) - 1
+    rows = list(db.session.execute(query.order_by(key).offset(skipped).limit(count)).scalars()) if count else []
+    if count and len(rows) < count and (rows or not skipped):
+        total = skipped + len(rows)  # the last page (a filter's look-up): the total without counting again
+    else:
+        total = db.session.scalar(db.select(db.func.count()).select_from(query.subquery())) or 0
     return total, [show(row) for row in rows]
 
 
@@ -674,7 +694,7 @@ def patch_group(org: Organization, scim_id: str, patch: scim.PatchOp) -> None:
             rest.append(operation)
     resource = group_resource(org, group, members=False)
     if rest:
-        scim.PatchOp[scim.Group](operations=rest).patch(resource)
+        specialised(scim.PatchOp, scim.Group)(operations=rest).patch(resource)
     name = _group_name(resource)
     taken = _group_taken(org, group, name, resource.external_id)
     if taken:

@@ -1,4 +1,5 @@
-"""The sign-in throttles count in the database: every worker and host together, exactly, also under a burst."""
+"""The sign-in throttles and the SCIM endpoint's limit count in the database: every worker and host together,
+exactly, also under a burst."""
 from __future__ import annotations
 
 import time
@@ -8,7 +9,8 @@ import pytest
 from domain import sessions
 from app import ConfigError, create_app
 from helpers import TEST_KEY, all_at_once, csrf
-from models import SignInHit, db
+from models import RateCount, SignInHit, db
+from scim_client import ScimClient
 
 ADMIN = "admin@northwind.example"
 
@@ -78,3 +80,38 @@ def test_the_database_counters_refuse_a_fixed_window_at_start_up(tmp_path):
     with pytest.raises(ConfigError, match="moving-window"):
         create_app({"TESTING": True, "DEMO_MODE": True, "SECRET_KEY": "t" * 48, "ENCRYPTION_KEYS": [TEST_KEY],
                     "RATELIMIT_STRATEGY": "fixed-window"}, instance_path=str(tmp_path))
+
+
+def test_scim_counts_once_per_token_for_every_worker_and_expired_counts_are_swept(app, scim, database_uri):
+    other = _second_instance(app, database_uri)
+    try:
+        for a in (app, other):
+            a.config["RATELIMIT_SCIM"] = "5 per minute"
+        elsewhere = ScimClient(other.test_client(), scim.token)
+        answers = [c.get("/Users") for c in (scim, elsewhere) * 3]
+        assert [a.status_code for a in answers] == [200] * 5 + [429]  # the other worker knows about the first's
+        assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["4", "3", "2", "1", "0", "0"]
+        assert 0 < int(answers[-1].headers["Retry-After"]) <= 60
+        with app.app_context():
+            # One count for the token (kept as its SHA-256, never the token), not a row per request.
+            (key,) = db.session.scalars(db.select(RateCount.key)).all()
+            assert key.startswith("LIMITER/scim-token:") and scim.token not in key
+            assert not any("scim" in k for k in db.session.scalars(db.select(SignInHit.key)))
+            db.session.execute(db.update(RateCount).values(expires_at=time.time() - 1))  # its minute has passed
+            db.session.commit()
+        assert scim.get("/Users").status_code == 200  # a new window
+        with app.app_context():
+            db.session.add(RateCount(key="LIMITER/old", count=7, expires_at=time.time() - 3600))
+            db.session.commit()
+            sessions.sweep_sessions()
+            assert db.session.scalars(db.select(RateCount.key)).all() == [key]
+    finally:
+        with other.app_context():
+            db.engine.dispose()
+
+
+def test_a_burst_of_parallel_scim_requests_cannot_slip_under_the_limit(app, scim):
+    app.config["RATELIMIT_SCIM"] = "5 per minute"
+    clients = [ScimClient(app.test_client(), scim.token) for _ in range(16)]
+    answers = all_at_once([lambda c=c: c.get("/ServiceProviderConfig").status_code for c in clients])
+    assert sorted(answers) == [200] * 5 + [429] * 11
