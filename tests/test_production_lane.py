@@ -26,6 +26,18 @@ def _token_on(page) -> str:
     return re.search(r'id="secret-token" type="text" readonly value="([^"]+)"', page.text).group(1)
 
 
+def _generate_token(browser) -> str:
+    """The signed-in admin generates the provisioning token on SECURITY; the page shows it once."""
+    browser.open("/settings/security")
+    return _token_on(browser.submit("Generate token"))
+
+
+def _connect_entra(portal_app, emulator, token: str, **settings) -> None:
+    """Entra's provisioning job (the emulator's) pointed at the portal's Tenant URL with the token."""
+    emulator.provisioning_session.mount(PORTAL + "/", WSGIAdapter(portal_app))
+    emulator.configure_provisioning(NORTHWIND_TID, tenant_url=PORTAL + "/scim/v2/", token=token, **settings)
+
+
 def _member_browser(portal_app, emulator) -> PortalBrowser:
     """A second person's browser, on the same portal and Microsoft."""
     return PortalBrowser({"portal.example.com": portal_app, "login.microsoftonline.com": emulator.wsgi}, PORTAL)
@@ -292,12 +304,8 @@ def test_entra_default_mappings_provision_link_at_sign_in_and_disabling_keeps_th
     """Attribute mappings left at Entra's defaults (externalId ← mailNickname): one account, governed by Entra."""
     _activate(prod_browser)
     prod_browser.sign_in_locally(ADMIN, PASSWORD, password_link=True)
-    prod_browser.open("/settings/security")
-    shown = prod_browser.submit("Generate token")
-    token = _token_on(shown)
-    prod_emulator.provisioning_session.mount(PORTAL + "/", WSGIAdapter(prod_app))
-    prod_emulator.configure_provisioning(NORTHWIND_TID, tenant_url=PORTAL + "/scim/v2/", token=token,
-                                         external_id="mailNickname")
+    token = _generate_token(prod_browser)
+    _connect_entra(prod_app, prod_emulator, token, external_id="mailNickname")
     lena_oid = prod_emulator.directory.user_by_upn(MEMBER).oid
     prod_emulator.set_tenant(NORTHWIND_TID, assigned=[lena_oid])
     summary = prod_emulator.provision(NORTHWIND_TID)
@@ -324,9 +332,7 @@ def test_a_provisioned_member_whose_external_id_matches_nothing_is_refused_not_d
                                                                                           prod_browser):
     _activate(prod_browser)
     prod_browser.sign_in_locally(ADMIN, PASSWORD, password_link=True)
-    prod_browser.open("/settings/security")
-    shown = prod_browser.submit("Generate token")
-    token = _token_on(shown)
+    token = _generate_token(prod_browser)
     # externalId mapped from an attribute the sign-in does not carry (an employee number).
     body = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": MEMBER, "externalId": "E-10442",
             "active": True}
@@ -352,12 +358,8 @@ def test_a_member_who_signed_in_before_provisioning_is_merged_with_the_account_e
     assert member.sso_sign_in(MEMBER).url == PORTAL + "/"  # before provisioning is turned on
     member.sign_out()
 
-    prod_browser.open("/settings/security")
-    shown = prod_browser.submit("Generate token")
-    token = _token_on(shown)
-    prod_emulator.provisioning_session.mount(PORTAL + "/", WSGIAdapter(prod_app))
-    prod_emulator.configure_provisioning(NORTHWIND_TID, tenant_url=PORTAL + "/scim/v2/", token=token,
-                                         external_id="mailNickname")
+    token = _generate_token(prod_browser)
+    _connect_entra(prod_app, prod_emulator, token, external_id="mailNickname")
     lena_oid = prod_emulator.directory.user_by_upn(MEMBER).oid
     prod_emulator.set_tenant(NORTHWIND_TID, assigned=[lena_oid])
     assert prod_emulator.provision(NORTHWIND_TID)["users"]["created"] == 1
