@@ -18,10 +18,10 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from flask import current_app, g, has_app_context
+from flask import current_app, g, has_app_context, has_request_context
 from limits import parse_many
 from limits.storage import MovingWindowSupport, Storage
-from sqlalchemy import Float, Integer, String, bindparam, case, delete, func, insert, select, text
+from sqlalchemy import Float, Integer, String, bindparam, case, column, delete, func, insert, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -37,7 +37,15 @@ _ACQUIRE = insert(_hits).from_select(
     ["key", "at", "expires_at"],
     select(bindparam("key", type_=String), bindparam("at", type_=Float), bindparam("expires_at", type_=Float))
     .where(select(func.count()).where(_IN_WINDOW).scalar_subquery() + bindparam("amount", type_=Integer)
-           <= bindparam("limit", type_=Integer))).returning(_hits.c.id)
+           <= bindparam("limit", type_=Integer)))
+# ...and the window as it was before it (for the request's X-RateLimit-* headers): its other rows, as SQLite's
+# RETURNING sees the new row and PostgreSQL's does not. Text: SQLAlchemy renders no correlated subquery in RETURNING.
+_ACQUIRE = _ACQUIRE.returning(*(
+    text(f"SELECT {aggregate} FROM sign_in_hits AS counted WHERE counted.key = :key AND counted.at > :since "
+         "AND counted.id <> sign_in_hits.id").bindparams(bindparam("key", type_=String),
+                                                         bindparam("since", type_=Float))
+    .columns(column(name, type_)).scalar_subquery()
+    for aggregate, name, type_ in (("min(counted.at)", "oldest", Float), ("count(*)", "counted", Integer))))
 _WINDOW = select(func.min(_hits.c.at), func.count()).where(_IN_WINDOW)
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 
@@ -94,14 +102,23 @@ class DatabaseStorage(Storage, MovingWindowSupport):
         if conn.dialect.name == "postgresql":
             conn.execute(_LOCK, {"key": key})  # parallel requests for this key queue here (until the commit)
         # One statement: on SQLite it holds the write lock from its start, so parallel requests queue there.
-        if conn.execute(_ACQUIRE, {**row, "since": now - expiry, "amount": amount, "limit": limit}).first() is None:
+        before = conn.execute(_ACQUIRE, {**row, "since": now - expiry, "amount": amount, "limit": limit}).first()
+        windows = g.setdefault("rate_windows", {}) if has_request_context() else {}
+        if before is None:
+            windows.pop(key, None)
             return False
         if amount > 1:  # the rest of a costlier request, still under the lock
             conn.execute(insert(_hits), [row] * (amount - 1))
+        # The request's rate limit headers show the window this count left (get_moving_window): no query again.
+        oldest, counted = before
+        windows[key] = (min(oldest, now) if oldest is not None else now, counted + amount)
         return True
 
     def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
         """(when the oldest counted request of the window was made, how many are counted)."""
+        taken = g.get("rate_windows", {}).get(key) if has_request_context() else None
+        if taken is not None:
+            return taken
         now = time.time()
         with db.engine.connect() as conn:
             oldest, counted = conn.execute(_WINDOW, {"key": key, "since": now - expiry}).one()
@@ -110,6 +127,7 @@ class DatabaseStorage(Storage, MovingWindowSupport):
     def clear(self, key: str) -> None:
         if has_app_context():
             g.get("rate_counts", {}).pop(key, None)
+            g.get("rate_windows", {}).pop(key, None)
         with db.engine.begin() as conn:
             conn.execute(delete(_hits).where(_hits.c.key == key))
             conn.execute(delete(_counts).where(_counts.c.key == key))

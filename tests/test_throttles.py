@@ -48,6 +48,26 @@ def test_two_instances_share_the_counters(app, northwind, database_uri):
             db.engine.dispose()
 
 
+def test_the_rate_limit_headers_show_what_every_worker_counted(app, northwind, database_uri):
+    other = _second_instance(app, database_uri)
+    try:
+        _low(app, other, per_ip="5 per minute; 100 per hour")
+        browsers = [app.test_client(), other.test_client()]
+        tokens = [csrf(b) for b in browsers]
+        started = time.time()
+        answers = [browsers[n % 2].post("/login", data={"email": "someone@example.org", "csrf_token": tokens[n % 2]})
+                   for n in range(6)]
+        assert [a.status_code for a in answers] == [200] * 5 + [429]
+        assert [a.headers["X-RateLimit-Limit"] for a in answers] == ["5"] * 6
+        assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["4", "3", "2", "1", "0", "0"]
+        # The minute runs from the first request, whichever worker counted it.
+        resets = {int(a.headers["X-RateLimit-Reset"]) for a in answers}
+        assert len(resets) == 1 and started + 59 <= resets.pop() <= time.time() + 61
+    finally:
+        with other.app_context():
+            db.engine.dispose()
+
+
 def test_a_burst_of_parallel_guesses_cannot_slip_under_the_limit(app, northwind):
     _low(app, per_account="5 per minute")
     browsers = [app.test_client() for _ in range(16)]
