@@ -68,14 +68,20 @@ class SsoOutcome:
 def complete_sso(state: State, pending: dict[str, Any], params: dict[str, str],
                  actor: User | None = None) -> SsoOutcome:
     """Finish a Microsoft sign-in: validate, then sign the user in or activate SSO. Nothing is stored on failure."""
-    org = db.session.get(Organization, pending.get("org_id") or 0)
     purpose = pending.get("purpose")
+    # No transaction is held while Microsoft is asked (its pooled connection serves other requests meanwhile), and
+    # the organisation is read once, after: as it is then (an SSO deactivation made meanwhile counts).
+    db.session.commit()
+    try:
+        result, failure = entra.client().finish_sign_in(pending["flow"], params), None
+    except entra.EntraError as e:
+        result, failure = None, e
+    org = db.session.get(Organization, pending.get("org_id") or 0)
     with failures_recorded("sso_activate" if purpose == "activate" else "sign_in", org, actor):
         if org is None:
             raise InvalidInput("The organisation of this sign-in no longer exists.")
-        # End the transaction so its pooled connection serves other requests while Microsoft is asked.
-        db.session.commit()
-        result = entra.client().finish_sign_in(pending["flow"], params)
+        if failure is not None:
+            raise failure
         if purpose == "activate":
             outcome = settle_races(lambda: _activate_sso(org, result, actor, pending, state))
         else:
