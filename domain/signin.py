@@ -76,7 +76,8 @@ def complete_sso(state: State, pending: dict[str, Any], params: dict[str, str],
         result, failure = entra.client().finish_sign_in(pending["flow"], params), None
     except entra.EntraError as e:
         result, failure = None, e
-    org = db.session.get(Organization, pending.get("org_id") or 0)
+    # With its domains, which the sign-in reads (org_emails): one statement.
+    org = db.session.get(Organization, pending.get("org_id") or 0, options=[db.joinedload(Organization.domains)])
     with failures_recorded("sso_activate" if purpose == "activate" else "sign_in", org, actor):
         if org is None:
             raise InvalidInput("The organisation of this sign-in no longer exists.")
@@ -132,9 +133,11 @@ def front_channel_logout(sid: str | None, iss: str | None) -> int:
     return ended
 
 
+_USER_BY_IDENTITY = db.select(User).where(User.tenant_id == db.bindparam("tid"), User.object_id == db.bindparam("oid"))
+
+
 def _user_by_identity(tid: str, oid: str) -> User | None:
-    return db.session.execute(
-        db.select(User).where(User.tenant_id == tid, User.object_id == oid)).scalar_one_or_none()
+    return db.session.execute(_USER_BY_IDENTITY, {"tid": tid, "oid": oid}).scalar_one_or_none()
 
 
 def _provisioned_candidates(org: Organization, result: entra.SignIn) -> list[tuple[User, str]]:
