@@ -38,14 +38,16 @@ _ACQUIRE = insert(_hits).from_select(
     select(bindparam("key", type_=String), bindparam("at", type_=Float), bindparam("expires_at", type_=Float))
     .where(select(func.count()).where(_IN_WINDOW).scalar_subquery() + bindparam("amount", type_=Integer)
            <= bindparam("limit", type_=Integer)))
-# ...and the window as it was before it (for the request's X-RateLimit-* headers): its other rows, as SQLite's
-# RETURNING sees the new row and PostgreSQL's does not. Text: SQLAlchemy renders no correlated subquery in RETURNING.
-_ACQUIRE = _ACQUIRE.returning(*(
+# The same, returning the window as it was before it (for the request's X-RateLimit-* headers): its other rows, as
+# SQLite's RETURNING sees the new row and PostgreSQL's does not. Text: SQLAlchemy renders no correlated subquery in
+# RETURNING. It counts the window a second time, so only the count the headers show takes it (_acquire).
+_ACQUIRE_WINDOW = _ACQUIRE.returning(*(
     text(f"SELECT {aggregate} FROM sign_in_hits AS counted WHERE counted.key = :key AND counted.at > :since "
          "AND counted.id <> sign_in_hits.id").bindparams(bindparam("key", type_=String),
                                                          bindparam("since", type_=Float))
     .columns(column(name, type_)).scalar_subquery()
     for aggregate, name, type_ in (("min(counted.at)", "oldest", Float), ("count(*)", "counted", Integer))))
+_ACQUIRE = _ACQUIRE.returning(_hits.c.id)
 _WINDOW = select(func.min(_hits.c.at), func.count()).where(_IN_WINDOW)
 _LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 
@@ -101,17 +103,25 @@ class DatabaseStorage(Storage, MovingWindowSupport):
         row = {"key": key, "at": now, "expires_at": now + expiry}
         if conn.dialect.name == "postgresql":
             conn.execute(_LOCK, {"key": key})  # parallel requests for this key queue here (until the commit)
+        # The request's rate limit headers show the window its first count left (get_moving_window), without a query
+        # again: Flask-Limiter counts a request's limits smallest window first and shows that one unless another
+        # refuses (that one is then read). The other counts do not count their window twice.
+        windows = g.setdefault("rate_windows", {}) if has_request_context() else None
+        report = windows is not None and not windows
         # One statement: on SQLite it holds the write lock from its start, so parallel requests queue there.
-        before = conn.execute(_ACQUIRE, {**row, "since": now - expiry, "amount": amount, "limit": limit}).first()
-        windows = g.setdefault("rate_windows", {}) if has_request_context() else {}
-        if before is None:
-            windows.pop(key, None)
+        taken = conn.execute(_ACQUIRE_WINDOW if report else _ACQUIRE,
+                             {**row, "since": now - expiry, "amount": amount, "limit": limit}).first()
+        if taken is None:
+            if windows:
+                windows.pop(key, None)
             return False
         if amount > 1:  # the rest of a costlier request, still under the lock
             conn.execute(insert(_hits), [row] * (amount - 1))
-        # The request's rate limit headers show the window this count left (get_moving_window): no query again.
-        oldest, counted = before
-        windows[key] = (min(oldest, now) if oldest is not None else now, counted + amount)
+        if report:
+            oldest, counted = taken
+            windows[key] = (min(oldest, now) if oldest is not None else now, counted + amount)
+        elif windows:
+            windows.pop(key, None)  # counted again in this request: no longer the window kept
         return True
 
     def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
