@@ -25,7 +25,7 @@ from domain.directory import delete_groups, set_email, user_email, users_by_emai
 from domain.errors import InvalidInput, PortalError
 from domain.members import erase, is_last_admin, remove, set_blocked, set_role
 from domain.policy import PROVISIONING, Actor, require_admin
-from models import Organization, ScimGroup, ScimGroupMember, User, db, utcnow
+from models import Domain, Organization, ScimGroup, ScimGroupMember, User, db, utcnow
 
 if TYPE_CHECKING:
     from scim2_models import EnterpriseUser, User as ScimUser
@@ -76,6 +76,7 @@ def specialised(generic: type, model: type) -> type:
 _ORG_BY_TOKEN = db.select(Organization).where(Organization.scim_token_hash == bindparam("digest", type_=String))
 _USER_BY_SCIM_ID = db.select(User).where(User.scim_id == bindparam("scim_id", type_=String))
 _GROUP_BY_SCIM_ID = db.select(ScimGroup).where(ScimGroup.scim_id == bindparam("scim_id", type_=String))
+_DOMAIN_OWNER = db.select(Domain.organization_id).where(Domain.name == bindparam("name", type_=String))
 _ORG_ID = bindparam("org_id", type_=Integer)
 _HMACS = bindparam("hmacs", expanding=True)  # typed by the column it is compared with
 _OTHER_USERS = db.select(User.id).where(User.organization_id == _ORG_ID, User.id != bindparam("not_id", type_=Integer))
@@ -301,7 +302,7 @@ def _user_name(org: Organization, raw: str | None) -> str:
         email = normalise_email(raw or "")
     except InvalidInput:
         raise scim.InvalidValueException(detail="userName is not an email address (a UPN).") from None
-    if email.rpartition("@")[2] not in {d.name for d in org.domains}:
+    if db.session.scalar(_DOMAIN_OWNER, {"name": email.rpartition("@")[2]}) != org.id:
         raise scim.InvalidValueException(detail="userName is not in one of the organisation's domains.")
     return email
 
