@@ -9,7 +9,8 @@ strategy: one row per counted request (`sign_in_hits`), counted while its window
 SCIM endpoint's (app._Limiter): one row per key (`rate_counts`) incremented in one statement, so a provisioning cycle
 of tens of thousands of requests costs the same per request at its end as at its start. Counting runs in its own
 short transaction, serialised per key, so parallel requests on several workers cannot all slip under a limit; a
-request's limits are counted in one transaction (`counting_together`).
+request's limits are counted in one transaction (`counting_together`). A fixed window's commit does not wait for the
+disk (`_not_waiting_for_the_disk`): a minute's count need not outlive a power cut.
 """
 from __future__ import annotations
 
@@ -161,6 +162,7 @@ class DatabaseStorage(Storage, MovingWindowSupport):
         count, this one included."""
         now = time.time()
         with _counting() as conn:
+            _not_waiting_for_the_disk(conn)
             count, expires_at = conn.execute(_INCR[conn.dialect.name], {
                 "key": key, "amount": amount, "expires_at": now + expiry, "now": now}).one()
         if has_app_context():  # the request's rate limit headers show this count (get, get_expiry): no query again
@@ -191,8 +193,41 @@ def _counting():
     if together is not None:
         yield together.connection()
         return
-    with db.engine.begin() as conn:
-        yield conn
+    with db.engine.connect() as conn:
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            _restore_synchronous(conn)
+
+
+_SYNCHRONOUS = "throttles.synchronous"  # in a SQLite connection's info: its own level while a count lowers it
+
+
+def _not_waiting_for_the_disk(conn) -> None:
+    """A fixed window's count must be exact and seen by every worker at once, not outlive a power cut (its window
+    is a minute): its commit does not wait for the disk to confirm. PostgreSQL: synchronous_commit off for this
+    transaction. SQLite (WAL): synchronous NORMAL until the commit, set before the transaction's first write (it
+    refuses inside one): the commit is in the log, atomic and visible as before; the log reaches the disk at the
+    next commit that waits (any other write) or checkpoint."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+        return
+    sqlite = conn.connection.dbapi_connection
+    if conn.dialect.name == "sqlite" and _SYNCHRONOUS not in conn.info and not sqlite.in_transaction:
+        conn.info[_SYNCHRONOUS] = sqlite.execute("PRAGMA synchronous").fetchone()[0]
+        sqlite.execute("PRAGMA synchronous=NORMAL")
+
+
+def _restore_synchronous(conn) -> None:
+    """After the counting transaction ended: the connection's own level again, for whatever it runs next."""
+    level = conn.info.pop(_SYNCHRONOUS, None)
+    if level is None:
+        return
+    try:
+        conn.connection.dbapi_connection.execute(f"PRAGMA synchronous={int(level)}")
+    except Exception:  # the driver's own error: the connection is not to be used again at the lower level
+        conn.invalidate()
 
 
 @contextmanager
@@ -217,8 +252,11 @@ def counting_together() -> Iterator[None]:
         g.throttle_counting = None
         if together.conn is not None:
             with together.conn as conn:  # closed after the commit
-                if conn.in_transaction():
-                    conn.commit()
+                try:
+                    if conn.in_transaction():
+                        conn.commit()
+                finally:
+                    _restore_synchronous(conn)
 
 
 class _Together:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
+from sqlalchemy import Integer, String, bindparam
+
 import vault
 from domain import sealed
 from domain.addresses import normalise_email
@@ -23,7 +25,7 @@ from domain.directory import delete_groups, set_email, user_email, users_by_emai
 from domain.errors import InvalidInput, PortalError
 from domain.members import erase, is_last_admin, remove, set_blocked, set_role
 from domain.policy import PROVISIONING, Actor, require_admin
-from models import Organization, ScimGroup, ScimGroupMember, User, db, utcnow
+from models import Domain, Organization, ScimGroup, ScimGroupMember, User, db, utcnow
 
 if TYPE_CHECKING:
     from scim2_models import EnterpriseUser, User as ScimUser
@@ -67,6 +69,34 @@ def specialised(generic: type, model: type) -> type:
     """A scim2-models generic class for one resource type (ListResponse[…], PatchOp[…], ResponseParameters[…]), built
     once: each subscription makes pydantic build and check a new class (milliseconds of CPU a request)."""
     return generic[model]
+
+
+# The statements of every SCIM request, built once with bound parameters: building a statement and computing its cache
+# key cost more than SQLite takes to run it (throttles.py does the same).
+_ORG_BY_TOKEN = db.select(Organization).where(Organization.scim_token_hash == bindparam("digest", type_=String))
+_USER_BY_SCIM_ID = db.select(User).where(User.scim_id == bindparam("scim_id", type_=String))
+_GROUP_BY_SCIM_ID = db.select(ScimGroup).where(ScimGroup.scim_id == bindparam("scim_id", type_=String))
+_DOMAIN_OWNER = db.select(Domain.organization_id).where(Domain.name == bindparam("name", type_=String))
+_ORG_ID = bindparam("org_id", type_=Integer)
+_HMACS = bindparam("hmacs", expanding=True)  # typed by the column it is compared with
+_OTHER_USERS = db.select(User.id).where(User.organization_id == _ORG_ID, User.id != bindparam("not_id", type_=Integer))
+_OTHER_WITH_EMAIL = _OTHER_USERS.where(User.email_hmac.in_(_HMACS)).limit(1)
+_OTHER_WITH_EXTERNAL_ID = _OTHER_USERS.where(User.scim_id.is_not(None), User.scim_external_id_hmac.in_(_HMACS)).limit(1)
+_LINKED_TO_OBJECT = db.select(User).where(
+    User.organization_id == _ORG_ID, User.scim_id.is_(None), User.tenant_id == bindparam("tenant_id", type_=String),
+    User.object_id == bindparam("object_id", type_=String))
+_PROVISIONED = db.select(User).where(User.organization_id == _ORG_ID, User.scim_id.is_not(None))
+_USERS = {  # GET /Users: by filter attribute (None: no filter)
+    None: _PROVISIONED,
+    "externalid": _PROVISIONED.where(User.scim_external_id_hmac.in_(_HMACS)),
+    "email": _PROVISIONED.where(User.email_hmac.in_(_HMACS)),
+}
+_ORG_GROUPS = db.select(ScimGroup).where(ScimGroup.organization_id == _ORG_ID)
+_GROUPS = {  # GET /Groups: by filter attribute
+    None: _ORG_GROUPS,
+    "displayname": _ORG_GROUPS.where(ScimGroup.name_hmac.in_(_HMACS)),
+    "externalid": _ORG_GROUPS.where(ScimGroup.external_id_hmac.in_(_HMACS)),
+}
 
 
 class NoSuchGroup(PortalError):
@@ -113,8 +143,7 @@ def organization_for_token(raw: str | None) -> Organization | None:
     if not raw:
         return None
     digest = token_hash(raw)
-    org = db.session.execute(db.select(Organization).where(Organization.scim_token_hash == digest)
-                             ).scalar_one_or_none()
+    org = db.session.execute(_ORG_BY_TOKEN, {"digest": digest}).scalar_one_or_none()
     if org is None or not hmac.compare_digest(org.scim_token_hash or "", digest) or not org.sso_active:
         return None
     return org
@@ -239,7 +268,7 @@ def _refusal(exception: scim.SCIMException, org: Organization, action: str, deta
 
 def _user(org: Organization, scim_id: str) -> User:
     """The organisation's provisioned user with this id; anything else (another organisation's) is a 404."""
-    user = db.session.execute(db.select(User).where(User.scim_id == scim_id)).scalar_one_or_none()
+    user = db.session.execute(_USER_BY_SCIM_ID, {"scim_id": scim_id}).scalar_one_or_none()
     if user is None or user.organization_id != org.id:
         raise scim.NotFoundException(detail="No such user.")
     return user
@@ -273,7 +302,7 @@ def _user_name(org: Organization, raw: str | None) -> str:
         email = normalise_email(raw or "")
     except InvalidInput:
         raise scim.InvalidValueException(detail="userName is not an email address (a UPN).") from None
-    if email.rpartition("@")[2] not in {d.name for d in org.domains}:
+    if db.session.scalar(_DOMAIN_OWNER, {"name": email.rpartition("@")[2]}) != org.id:
         raise scim.InvalidValueException(detail="userName is not in one of the organisation's domains.")
     return email
 
@@ -284,14 +313,12 @@ def _external_ids(value: str | None) -> list[bytes]:
 
 def _taken(org: Organization, user: User | None, email: str | None, external_id: str | None) -> str | None:
     """Which unique attribute another user of the organisation holds already: "userName", "externalId" or None."""
-    others = db.select(User).where(User.organization_id == org.id)
-    if user is not None and user.id is not None:
-        others = others.where(User.id != user.id)
+    others = {"org_id": org.id, "not_id": user.id if user is not None and user.id is not None else 0}
     if email is not None and db.session.execute(
-            others.where(User.email_hmac.in_(vault.get_vault().blind_indexes(email))).limit(1)).first():
+            _OTHER_WITH_EMAIL, {**others, "hmacs": vault.get_vault().blind_indexes(email)}).first():
         return "userName"
-    if external_id and db.session.execute(others.where(User.scim_id.is_not(None), User.scim_external_id_hmac.in_(
-            _external_ids(external_id))).limit(1)).first():
+    if external_id and db.session.execute(
+            _OTHER_WITH_EXTERNAL_ID, {**others, "hmacs": _external_ids(external_id)}).first():
         return "externalId"
     return None
 
@@ -353,9 +380,8 @@ def _adoptable(org: Organization, email: str, external_id: str | None) -> User |
     409 when that user is provisioned already, a break-glass account, or linked to another Microsoft account."""
     existing = next(iter(users_by_email(email, org)), None)
     if existing is None and external_id and _OBJECT_ID.fullmatch(external_id) and org.tenant_id:
-        existing = db.session.execute(db.select(User).where(
-            User.organization_id == org.id, User.scim_id.is_(None), User.tenant_id == org.tenant_id,
-            User.object_id == external_id.lower())).scalar_one_or_none()  # Entra's object ids are lower case
+        existing = db.session.execute(_LINKED_TO_OBJECT, {  # Entra's object ids are lower case
+            "org_id": org.id, "tenant_id": org.tenant_id, "object_id": external_id.lower()}).scalar_one_or_none()
     if existing is not None and existing.scim_id is not None:
         raise scim.UniquenessException(detail="userName is taken.")
     if existing is not None and (existing.break_glass or _another_object(existing, external_id)):
@@ -472,18 +498,19 @@ def merge_into(org: Organization, provisioned: User, user: User) -> bool:
 def find_users(org: Organization, filter: str | None, start_index: int = 1, count: int | None = None
                ) -> tuple[int, list[EntraUser]]:
     """GET /Users: the total and one page of the users the filter selects (supported filters only)."""
-    query = db.select(User).where(User.organization_id == org.id, User.scim_id.is_not(None))
+    params: dict = {"org_id": org.id}
+    attribute = None
     if filter:
         attribute, value = _lookup(filter, entra_user(), {"username", "externalid", "emails.value"})
         if attribute == "externalid":
-            query = query.where(User.scim_external_id_hmac.in_(_external_ids(value)))
+            params["hmacs"] = _external_ids(value)
         else:  # userName, or emails[type eq "work"].value: the user's email
             try:
                 email = normalise_email(value)
             except InvalidInput:
                 return 0, []
-            query = query.where(User.email_hmac.in_(vault.get_vault().blind_indexes(email)))
-    return _page(query, User.id, start_index, count, lambda u: user_resource(org, u))
+            attribute, params["hmacs"] = "email", vault.get_vault().blind_indexes(email)
+    return _page(_USERS[attribute], params, User.id, start_index, count, lambda u: user_resource(org, u))
 
 
 # -- filters and pages ----------------------------------------------------------------------------------------------
@@ -509,22 +536,35 @@ def _lookup(text: str, model: type, allowed: set[str]) -> tuple[str, str]:
     return found[0], found[1]
 
 
-def _page(query, key, start_index: int, count: int | None, show) -> tuple[int, list]:
-    """RFC 7644 §3.4.2.4: startIndex below 1 is 1, a negative count 0; at most MAX_RESULTS a page."""
+def _page(query, params: dict, key, start_index: int, count: int | None, show) -> tuple[int, list]:
+    """RFC 7644 §3.4.2.4: startIndex below 1 is 1, a negative count 0; at most MAX_RESULTS a page. `query` is one of
+    the statements above (_USERS, _GROUPS), `params` its parameters."""
     count = MAX_RESULTS if count is None else max(0, min(count, MAX_RESULTS))
     skipped = max(start_index, 1) - 1
-    rows = list(db.session.execute(query.order_by(key).offset(skipped).limit(count)).scalars()) if count else []
+    rows = list(db.session.execute(_paged(query, key), {**params, "skip": skipped, "count": count}).scalars()
+                ) if count else []
     if count and len(rows) < count and (rows or not skipped):
         total = skipped + len(rows)  # the last page (a filter's look-up): the total without counting again
     else:
-        total = db.session.scalar(db.select(db.func.count()).select_from(query.subquery())) or 0
+        total = db.session.scalar(_counted(query), params) or 0
     return total, [show(row) for row in rows]
+
+
+@functools.cache
+def _paged(query, key):
+    """A page of `query` (one of the statements built once above), built once too."""
+    return query.order_by(key).offset(bindparam("skip", type_=Integer)).limit(bindparam("count", type_=Integer))
+
+
+@functools.cache
+def _counted(query):
+    return db.select(db.func.count()).select_from(query.subquery())
 
 
 # -- groups -------------------------------------------------------------------------------------------------------
 
 def _scim_group(org: Organization, scim_id: str) -> ScimGroup:
-    group = db.session.execute(db.select(ScimGroup).where(ScimGroup.scim_id == scim_id)).scalar_one_or_none()
+    group = db.session.execute(_GROUP_BY_SCIM_ID, {"scim_id": scim_id}).scalar_one_or_none()
     if group is None or group.organization_id != org.id:
         raise scim.NotFoundException(detail="No such group.")
     return group
@@ -642,14 +682,14 @@ def get_group(org: Organization, scim_id: str, *, members: bool = True) -> scim.
 def find_groups(org: Organization, filter: str | None, start_index: int = 1, count: int | None = None,
                 *, members: bool = True) -> tuple[int, list[scim.Group]]:
     """GET /Groups: the total and one page of the groups the filter selects (displayName or externalId eq)."""
-    query = db.select(ScimGroup).where(ScimGroup.organization_id == org.id)
+    params: dict = {"org_id": org.id}
+    attribute = None
     if filter:
         attribute, value = _lookup(filter, scim.Group, {"displayname", "externalid"})
-        if attribute == "displayname":
-            query = query.where(ScimGroup.name_hmac.in_(sealed.blind_indexes("group_name", value)))
-        else:
-            query = query.where(ScimGroup.external_id_hmac.in_(_external_ids(value)))
-    return _page(query, ScimGroup.id, start_index, count, lambda g: group_resource(org, g, members=members))
+        params["hmacs"] = (sealed.blind_indexes("group_name", value) if attribute == "displayname"
+                           else _external_ids(value))
+    return _page(_GROUPS[attribute], params, ScimGroup.id, start_index, count,
+                 lambda g: group_resource(org, g, members=members))
 
 
 def replace_group(org: Organization, scim_id: str, resource: scim.Group) -> scim.Group:
