@@ -101,11 +101,16 @@ def set_email(user: User, email: str) -> None:
     sealed.store("email", user, user, email)
 
 
+# Built once: every SCIM POST and every password sign-in looks users up by email.
+_BY_EMAIL = db.select(User).where(User.email_hmac.in_(db.bindparam("hmacs", expanding=True))).order_by(User.id)
+_BY_EMAIL_IN_ORG = _BY_EMAIL.where(User.organization_id == db.bindparam("org_id"))
+
+
 def users_by_email(email: str, org: Organization | None = None) -> list[User]:
-    query = db.select(User).where(User.email_hmac.in_(vault.get_vault().blind_indexes(email)))
-    if org is not None:
-        query = query.where(User.organization_id == org.id)
-    return list(db.session.execute(query.order_by(User.id)).scalars())
+    hmacs = {"hmacs": vault.get_vault().blind_indexes(email)}
+    if org is None:
+        return list(db.session.execute(_BY_EMAIL, hmacs).scalars())
+    return list(db.session.execute(_BY_EMAIL_IN_ORG, {**hmacs, "org_id": org.id}).scalars())
 
 
 def _org_name(raw: str) -> str:
