@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from http.cookiejar import DefaultCookiePolicy
 import time
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -17,6 +18,8 @@ class TimeoutSession(requests.Session):
         super().__init__()
         # False: no proxy, CA or .netrc settings from the environment (requests reads them on every call).
         self.trust_env = trust_env
+        # One session serves every user's calls: a cookie Microsoft sets on one must not travel with the next.
+        self.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
         self.default_timeout = timeout
         if ca_bundle:
             self.verify = ca_bundle  # the CAs to trust instead of the system's (ENTRA_CA_BUNDLE)

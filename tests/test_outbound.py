@@ -53,3 +53,34 @@ def test_graph_reads_the_basic_profile_and_the_mail_alias_only(app, client, emul
                       "companyName", "department", "businessPhones", "mobilePhone", "officeLocation",
                       "streetAddress", "city", "state", "postalCode", "country", "preferredLanguage",
                       "mailNickname"]  # the mail alias: read only to match a provisioned user, never kept
+
+
+def test_a_cookie_set_on_one_back_channel_call_is_not_sent_on_the_next():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from entra.http import TimeoutSession
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Cookie"))
+            self.send_response(200)
+            self.send_header("Set-Cookie", "fpc=someone-elses; Path=/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        session = TimeoutSession(5, trust_env=False)
+        url = f"http://127.0.0.1:{server.server_address[1]}/token"
+        assert session.get(url).status_code == 200 and session.get(url).status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [None, None] and not session.cookies
