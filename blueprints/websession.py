@@ -9,13 +9,13 @@ import functools
 
 from flask import Flask, current_app, g, request, session
 from flask.sessions import SecureCookieSessionInterface
-from flask_login import LoginManager, login_user, logout_user
+from flask_login import LoginManager, current_user, login_user, logout_user
 from flask_wtf.csrf import generate_csrf
 from itsdangerous import URLSafeTimedSerializer
 
 import entra
 from domain import audit, sessions
-from models import User
+from models import SessionUser, User
 
 
 def init_app(app: Flask) -> None:
@@ -73,9 +73,16 @@ def _signed_csrf(key: str | bytes, raw: str) -> str:
     return URLSafeTimedSerializer(key, salt="wtf-csrf-token").dumps(raw)
 
 
-def load_user(user_id: str) -> User | None:
-    """Flask-Login's loader: the user only while their server-side session is alive."""
+def load_user(user_id: str) -> SessionUser | None:
+    """Flask-Login's loader: the user only while their server-side session is alive (checked on every request)."""
     return sessions.session_user(session, user_id)
+
+
+def user() -> User:
+    """The signed-in user as the `User` the services take (`current_user` is the SessionUser the check read, or
+    the User itself in the request that signed them in)."""
+    signed_in = current_user._get_current_object()
+    return signed_in if isinstance(signed_in, User) else sessions.user_of(signed_in)
 
 
 def state() -> sessions.State:
