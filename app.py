@@ -158,12 +158,14 @@ def _scim_key() -> str:
 
 def _wire_csrf(app: Flask) -> None:
     """The token on every POST; over HTTPS a same-origin Referer (Flask-WTF); an Origin, when sent, must be ours."""
+    processors = list(app.template_context_processors[None])
     csrf = CSRFProtect(app)
     csrf.exempt(scim.bp)  # Entra authenticates with a bearer token, never a cookie: nothing to forge
     # Templates' csrf_token(): ours, which signs the token once per session secret. Flask-WTF sets its own both as a
-    # global and through a context processor (which wins over globals), so ours is set both ways too, after it.
+    # global and through a context processor run at every render (which would win over the global): only the global
+    # is kept, ours.
+    app.template_context_processors[None] = processors
     app.jinja_env.globals["csrf_token"] = websession.csrf_token
-    app.context_processor(lambda: {"csrf_token": websession.csrf_token})
 
     @app.before_request
     def same_origin_post():

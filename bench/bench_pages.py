@@ -110,7 +110,7 @@ def main() -> None:
                 request_once(app, environ, expect)
             profiler.disable()
             out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(60)
+            pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("BENCH_SORT", "cumulative")).print_stats(60)
             print(out.getvalue())
             return
         best = {name: float("inf") for name in pages}

@@ -20,7 +20,7 @@ from models import SessionUser, User
 
 def init_app(app: Flask) -> None:
     """Flask-Login with the server-side session check, and the client address the audit log records."""
-    manager = LoginManager()
+    manager = _LoginManager()
     manager.login_view = "auth.login"
     manager.login_message = "Please sign in to see that page."
     manager.login_message_category = "info"
@@ -38,6 +38,14 @@ def init_app(app: Flask) -> None:
         token = g.pop("_audit_client", None)
         if token is not None:
             audit.client_address.reset(token)
+
+
+class _LoginManager(LoginManager):
+    """Flask-Login without its session protection, which is off here (`session_protection = None`: sessions are
+    checked server-side); it hashed the client's address and user agent on every request before finding it off."""
+
+    def _session_protection_failed(self) -> bool:
+        return False
 
 
 class _CookieSessions(SecureCookieSessionInterface):
@@ -60,8 +68,12 @@ def csrf_token() -> str:
     """Flask-WTF's generate_csrf for templates, with the signed token kept per session secret in this worker:
     tokens carry no expiry here (WTF_CSRF_TIME_LIMIT None), so signing it afresh for every page bought nothing."""
     cfg = current_app.config
-    field, raw = cfg["WTF_CSRF_FIELD_NAME"], session.get(cfg["WTF_CSRF_FIELD_NAME"])
-    if field in g or cfg["WTF_CSRF_TIME_LIMIT"] is not None or not isinstance(raw, str):
+    field = cfg["WTF_CSRF_FIELD_NAME"]
+    token = g.get(field)
+    if token is not None:  # this request's, already signed (a page prints it in each of its forms)
+        return token
+    raw = session.get(field)
+    if cfg["WTF_CSRF_TIME_LIMIT"] is not None or not isinstance(raw, str):
         return generate_csrf()
     token = _signed_csrf(cfg.get("WTF_CSRF_SECRET_KEY") or current_app.secret_key, raw)
     setattr(g, field, token)  # where generate_csrf (and the forms' CSRF fields) find it for this request
