@@ -7,8 +7,10 @@ times requests through the WSGI app with `time.thread_time()` (robust on a share
 - `/profile/` with the member's cookie (the server-side session check, the profile copy read and decrypted);
 - GET `/login` without a cookie (a new visitor: a new session with a CSRF secret, its cookie set).
 
-Each round runs `--requests` of each page, alternating which goes first; it prints the minimum over rounds in µs per
-request. `--profile PAGE` prints a cProfile of that page instead.
+With `--peer`, also the signed-in page of the `identity` sample app (bench/peer_identity.py, needs bench/requirements.txt)
+with a session holding a signed-in user's ID token claims, as its callback leaves it (no sign-in: its page reads
+nothing else). Each round runs `--requests` of each page, rotating which goes first; it prints the minimum over
+rounds in µs per request. `--profile PAGE` prints a cProfile of that page instead.
 """
 from __future__ import annotations
 
@@ -70,9 +72,25 @@ def build(folder: str):
     return app, f"{cookie.name}={cookie.value}"
 
 
-def environ_for(path: str, cookie: str | None) -> dict:
+def build_peer(folder: str):
+    """The `identity` sample app with a signed-in browser's cookie; returns (app, cookie)."""
+    os.environ.update({"PEER_SESSION_DIR": os.path.join(folder, "peer-sessions"), "PEER_CLIENT_ID": "bench-client",
+                       "PEER_CLIENT_SECRET": "bench-secret", "PEER_AUTHORITY": MICROSOFT + "/organizations",
+                       "PEER_REDIRECT_URI": "http://127.0.0.1/auth/response"})
+    from bench import peer_identity
+    from identity.web import Auth
+    app = peer_identity.create_app()
+    client = app.test_client()
+    with client.session_transaction() as session:
+        session[Auth._USER] = {"name": "Lena Fischer", "preferred_username": MEMBER, "oid": "1b7e2d63",
+                               "tid": "6f1c2d3e", "sub": "s", "iat": time.time(), "exp": time.time() + 86400}
+    name = app.config["SESSION_COOKIE_NAME"]
+    return app, f"{name}={client.get_cookie(name).value}"
+
+
+def environ_for(path: str, cookie: str | None, base_url: str = PORTAL) -> dict:
     headers = {"Cookie": cookie} if cookie else {}
-    return EnvironBuilder(path=path, base_url=PORTAL, headers=headers,
+    return EnvironBuilder(path=path, base_url=base_url, headers=headers,
                           environ_base={"REMOTE_ADDR": "127.0.0.1"}).get_environ()
 
 
@@ -93,32 +111,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--profile", choices=("profile", "login"), help="print a cProfile of this page instead")
+    parser.add_argument("--peer", action="store_true", help="also the identity sample app's signed-in page")
+    parser.add_argument("--profile", choices=("profile", "login", "peer"), help="print a cProfile of this page instead")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="portal-pages-bench-") as folder:
         app, cookie = build(folder)
-        pages = {"profile": (environ_for("/profile/", cookie), b"Lena Fischer"),
-                 "login": (environ_for("/login", None), b'name="csrf_token"')}
-        for environ, expect in pages.values():
+        pages = {"profile": (app, environ_for("/profile/", cookie), b"Lena Fischer"),
+                 "login": (app, environ_for("/login", None), b'name="csrf_token"')}
+        if args.peer or args.profile == "peer":
+            peer, peer_cookie = build_peer(folder)
+            pages["peer"] = (peer, environ_for("/", peer_cookie, "http://127.0.0.1"), b"Lena Fischer")
+        for page in pages.values():
             for _ in range(50):  # warm up: caches, compiled templates, the pool
-                request_once(app, environ, expect)
+                request_once(*page)
         if args.profile:
-            environ, expect = pages[args.profile]
+            page = pages[args.profile]
             profiler = cProfile.Profile()
             profiler.enable()
             for _ in range(args.requests):
-                request_once(app, environ, expect)
+                request_once(*page)
             profiler.disable()
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats(os.environ.get("BENCH_SORT", "cumulative")).print_stats(60)
             print(out.getvalue())
             return
         best = {name: float("inf") for name in pages}
+        names = list(pages)
         for r in range(args.rounds):
-            for name in (list(pages) if r % 2 == 0 else list(reversed(pages))):
-                best[name] = min(best[name], cpu_per_request(app, *pages[name], args.requests))
-        for name, path in (("profile", "/profile/"), ("login", "GET /login")):
-            print(f"{path:<12} {best[name]:7.0f} µs CPU per request (min of {args.rounds} rounds × {args.requests})")
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                best[name] = min(best[name], cpu_per_request(*pages[name], args.requests))
+        labels = {"profile": "/profile/", "login": "GET /login", "peer": "identity app's signed-in page"}
+        for name in pages:
+            print(f"{labels[name]:<30} {best[name]:7.0f} µs CPU per request (min of {args.rounds} rounds × {args.requests})")
+        if "peer" in pages:
+            print(f"the peer's page ÷ /profile/: {best['peer'] / best['profile']:.2f}; "
+                  f"÷ the login prompt: {best['peer'] / best['login']:.2f}  (the targets: ≥ 1.5 and ≥ 2 in requests/s)")
         with app.app_context():
             db.engine.dispose()
 
