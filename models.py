@@ -117,9 +117,6 @@ class User(UserMixin, db.Model):
         return str(identity[0] if identity else self.id)
 
 
-SESSION_USER_COLUMNS = ("id", "organization_id", "role", "email_enc", "tenant_id", "object_id")  # SessionUser's
-
-
 @dataclass(frozen=True, eq=False)
 class SessionUser(UserMixin):
     """A signed-in user as the session check reads them (one Core row with the session, no ORM object): what pages

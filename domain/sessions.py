@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from dataclasses import fields
 from datetime import timedelta
 from typing import Any, MutableMapping
 
@@ -19,7 +20,7 @@ import throttles
 from domain.addresses import parse_number
 from domain.errors import FlowFinished, InvalidInput
 from domain.profiles import scrub_deleted
-from models import SESSION_USER_COLUMNS, LoginSession, SessionUser, StoredProfile, User, db, utcnow
+from models import LoginSession, SessionUser, StoredProfile, User, db, utcnow
 
 State = MutableMapping[str, Any]
 PENDING_MAX_AGE = 600  # seconds a started Microsoft sign-in or admin-consent request stays usable
@@ -55,7 +56,8 @@ def start_session(user: User, method: str, state: State, *, entra_sid: str | Non
 # Every signed-in request runs this, so it is built once (building and cache-keying a statement costs more than
 # running it), as a Core query of the columns a page needs: no ORM object to build (SessionUser).
 _users, _sessions = User.__table__, LoginSession.__table__
-_SESSION_USER = (select(*(_users.c[name] for name in SESSION_USER_COLUMNS), _users.c.blocked,
+_SESSION_USER_COLUMNS = [field.name for field in fields(SessionUser)]  # the users columns, in SessionUser's order
+_SESSION_USER = (select(*(_users.c[name] for name in _SESSION_USER_COLUMNS), _users.c.blocked,
                         _sessions.c.created_at, _sessions.c.last_seen_at)
                  .join(_sessions, _sessions.c.user_id == _users.c.id)
                  .where(_sessions.c.id == bindparam("sid_hash")))
@@ -82,7 +84,7 @@ def session_user(state: State, user_id: str) -> SessionUser | None:
     if now - last_seen_at > timedelta(seconds=60):  # written at most once a minute
         db.session.execute(db.update(LoginSession).where(LoginSession.id == hashed).values(last_seen_at=now))
         db.session.commit()
-    return SessionUser(*found[:len(SESSION_USER_COLUMNS)])
+    return SessionUser(*found[:len(_SESSION_USER_COLUMNS)])
 
 
 def user_of(signed_in: SessionUser) -> User:
