@@ -92,9 +92,13 @@ def load_user(user_id: str) -> SessionUser | None:
 
 def user() -> User:
     """The signed-in user as the `User` the services take (`current_user` is the SessionUser the check read, or
-    the User itself in the request that signed them in)."""
+    the User itself in the request that signed them in), read once a request."""
     signed_in = current_user._get_current_object()
-    return signed_in if isinstance(signed_in, User) else sessions.user_of(signed_in)
+    if isinstance(signed_in, User):
+        return signed_in
+    if "_portal_user" not in g:
+        g._portal_user = sessions.user_of(signed_in)
+    return g._portal_user
 
 
 def state() -> sessions.State:
