@@ -8,7 +8,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 import click
-from flask import Flask, g, has_request_context, render_template, request
+from flask import Flask, g, has_request_context, render_template, request, url_for
 from flask.cli import FlaskGroup
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -74,6 +74,7 @@ def _build(app: Flask) -> None:
     commands.init_app(app)
     _register_error_pages(app)
     _register_security_headers(app)
+    _wire_template_urls(app)
     _wire_proxy_fix(app)
     if app.config["DEMO_MODE"]:
         demo.loopback_only(app)  # outermost: the socket's peer, before ProxyFix
@@ -157,12 +158,14 @@ def _scim_key() -> str:
 
 def _wire_csrf(app: Flask) -> None:
     """The token on every POST; over HTTPS a same-origin Referer (Flask-WTF); an Origin, when sent, must be ours."""
+    processors = list(app.template_context_processors[None])
     csrf = CSRFProtect(app)
     csrf.exempt(scim.bp)  # Entra authenticates with a bearer token, never a cookie: nothing to forge
     # Templates' csrf_token(): ours, which signs the token once per session secret. Flask-WTF sets its own both as a
-    # global and through a context processor (which wins over globals), so ours is set both ways too, after it.
+    # global and through a context processor run at every render (which would win over the global): only the global
+    # is kept, ours.
+    app.template_context_processors[None] = processors
     app.jinja_env.globals["csrf_token"] = websession.csrf_token
-    app.context_processor(lambda: {"csrf_token": websession.csrf_token})
 
     @app.before_request
     def same_origin_post():
@@ -174,6 +177,26 @@ def _wire_csrf(app: Flask) -> None:
             # Logged: "https" against "http" here usually means a TLS proxy the portal is not told about.
             raise CSRFError(f"The origin header {origin[:100]!r} does not match {request.host_url[:-1]!r} "
                             "(behind a TLS proxy: PROXY_FIX_X_PROTO).")
+
+
+def _wire_template_urls(app: Flask) -> None:
+    """Templates' url_for: a path built from string values only (every page's links and stylesheet) is the same on
+    every request with the same script root, so each is built once per worker, not on every page."""
+    built: dict[tuple, str] = {}
+
+    def template_url_for(endpoint: str, **values: Any) -> str:
+        if (not has_request_context() or endpoint[:1] == "." or len(values) > 2
+                or not all(key[:1] != "_" and isinstance(value, str) for key, value in values.items())):
+            return url_for(endpoint, **values)  # relative endpoints, _external, _anchor..., ids: built each time
+        key = (request.script_root, endpoint, *values.items())
+        path = built.get(key)
+        if path is None:
+            if len(built) >= 1024:  # a bound, should a template ever pass arbitrary strings
+                built.clear()
+            path = built[key] = url_for(endpoint, **values)
+        return path
+
+    app.jinja_env.globals["url_for"] = template_url_for
 
 
 def _wire_proxy_fix(app: Flask) -> None:

@@ -1,6 +1,7 @@
 """Database models (SQLAlchemy 2 style). Personal data is stored only as vault ciphertext."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from flask_login import UserMixin
@@ -114,6 +115,27 @@ class User(UserMixin, db.Model):
         expired the row then reads it again for nothing."""
         identity = inspect(self).identity
         return str(identity[0] if identity else self.id)
+
+
+@dataclass(frozen=True, eq=False)
+class SessionUser(UserMixin):
+    """A signed-in user as the session check reads them (one Core row with the session, no ORM object): what pages
+    show and who may see them. Services that change something take the `User` (blueprints/websession.user)."""
+
+    id: int
+    organization_id: int
+    role: str
+    email_enc: bytes
+    tenant_id: str | None
+    object_id: str | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def organization(self) -> Organization:
+        return db.session.get(Organization, self.organization_id)
 
 
 class ScimGroup(db.Model):

@@ -155,7 +155,7 @@ def sso_start():
 
 def _callback_input() -> tuple[list[str], dict[str, str], object]:
     """What Microsoft's callbacks read: the state(s), every parameter, and who is signed in here (or None)."""
-    actor = current_user._get_current_object() if current_user.is_authenticated else None
+    actor = websession.user() if current_user.is_authenticated else None
     return request.args.getlist("state"), request.args.to_dict(flat=True), actor
 
 

@@ -6,6 +6,7 @@ import json
 from flask import Blueprint, abort, flash, redirect, render_template, url_for
 from flask_login import current_user, login_required
 
+from blueprints import websession
 from domain import directory, profiles
 
 bp = Blueprint("profile", __name__, url_prefix="/profile")
@@ -14,7 +15,7 @@ bp = Blueprint("profile", __name__, url_prefix="/profile")
 @bp.get("/")
 @login_required
 def show():
-    user = current_user._get_current_object()  # one look-up through the proxy, not one per attribute read
+    user = current_user._get_current_object()  # the SessionUser the session check read: nothing more to load
     return render_template("profile/show.html", copy=profiles.profile_of(user), email=directory.user_email(user))
 
 
@@ -22,7 +23,7 @@ def show():
 @login_required
 def photo():
     """Only the owner's own photo: the URL names no user, so nobody can ask for someone else's."""
-    found = profiles.photo_of(current_user)
+    found = profiles.photo_of(current_user._get_current_object())
     if found is None:
         abort(404, "No photo is stored for you.")
     data, kind = found
@@ -34,7 +35,7 @@ def photo():
 @login_required
 def export():
     """Download my data: a POST because the export is audited."""
-    body = json.dumps(profiles.export_user_data(current_user), indent=2, ensure_ascii=False)
+    body = json.dumps(profiles.export_user_data(websession.user()), indent=2, ensure_ascii=False)
     return body, 200, {"Content-Type": "application/json; charset=utf-8", "X-Content-Type-Options": "nosniff",
                        "Cache-Control": "private, no-store",
                        "Content-Disposition": 'attachment; filename="my-portal-data.json"'}
@@ -50,6 +51,6 @@ def confirm_delete():
 @bp.post("/delete")
 @login_required
 def delete():
-    profiles.delete_stored_copy(current_user)
+    profiles.delete_stored_copy(websession.user())
     flash("Your stored copy is deleted.", "success")
     return redirect(url_for("profile.show"), 303)

@@ -58,7 +58,7 @@ class AdminGroupForm(FlaskForm):
 
 
 def _org() -> Organization:
-    return current_user.organization
+    return websession.user().organization
 
 
 def tenant_url() -> str:
@@ -100,7 +100,7 @@ def _provisioning_block() -> dict:
 @bp.get("/audit")
 def audit():
     return render_template("settings/audit.html", org=_org(), tab="audit",
-                           audit=auditlog.audit_page(_org(), request.args.get("page", "1"), current_user))
+                           audit=auditlog.audit_page(_org(), request.args.get("page", "1"), websession.user()))
 
 
 @bp.post("/security/sso/activate")
@@ -112,14 +112,14 @@ def activate_sso():
 @bp.post("/security/sso/start")
 def start_activation():
     """Activate SSO, step two: the admin signs in at Microsoft; the callback binds the tenant."""
-    url = signin.begin_sso("activate", org=_org(), login_hint=directory.user_email(current_user),
-                           actor=current_user, state=websession.state(), next_path=url_for("settings.security"))
+    url = signin.begin_sso("activate", org=_org(), login_hint=directory.user_email(websession.user()),
+                           actor=websession.user(), state=websession.state(), next_path=url_for("settings.security"))
     return redirect(url, 303)
 
 
 @bp.post("/security/sso/deactivate")
 def deactivate_sso():
-    signin.deactivate_sso(_org(), current_user)
+    signin.deactivate_sso(_org(), websession.user())
     flash("Single sign-on is off. Members sign in with a password again.", "info")
     return redirect(url_for("settings.security"), 303)
 
@@ -131,7 +131,7 @@ def store_profiles():
     if not form.validate_on_submit():
         raise InvalidInput("The form was incomplete. Reload the SECURITY tab and try again.")
     keep = bool(form.store_profiles.data)
-    deleted = profiles.set_store_profiles(_org(), keep, current_user)
+    deleted = profiles.set_store_profiles(_org(), keep, websession.user())
     flash("Profile copies are stored, encrypted." if keep else
           f"Profile copies are no longer kept after sign-out; {deleted} stored copies were deleted.", "info")
     return redirect(url_for("settings.security"), 303)
@@ -144,7 +144,7 @@ def confirm_purge():
 
 @bp.post("/security/profiles/purge")
 def purge_profiles():
-    deleted = profiles.purge_profile_copies(_org(), current_user)
+    deleted = profiles.purge_profile_copies(_org(), websession.user())
     flash(f"{deleted} stored profile copies were deleted.", "info")
     return redirect(url_for("settings.security"), 303)
 
@@ -152,7 +152,7 @@ def purge_profiles():
 @bp.post("/security/admin-consent")
 def grant_admin_consent():
     """Send the admin to Entra's admin-consent page for the organisation's bound tenant."""
-    return redirect(consent.begin_admin_consent(_org(), current_user, websession.state()), 303)
+    return redirect(consent.begin_admin_consent(_org(), websession.user(), websession.state()), 303)
 
 
 @bp.post("/security/require-sso")
@@ -161,7 +161,7 @@ def require_sso():
     form = EnforcementForm()
     if not form.validate_on_submit():
         raise InvalidInput("The setting could not be read. Reload the page and try again.")
-    if consent.set_require_sso(_org(), current_user, form.require_sso.data,
+    if consent.set_require_sso(_org(), websession.user(), form.require_sso.data,
                                keep_sid_hash=websession.current_sid_hash()):
         flash("Single sign-on is now required: members sign in with Microsoft; break-glass accounts keep their "
               "password." if form.require_sso.data else "Single sign-on is no longer required.", "success")
@@ -174,7 +174,7 @@ def entra_admins():
     form = EntraAdminsForm()
     if not form.validate_on_submit():
         raise InvalidInput("The setting could not be read. Reload the page and try again.")
-    if members.set_admins_from_entra(_org(), bool(form.admins_from_entra.data), current_user):
+    if members.set_admins_from_entra(_org(), bool(form.admins_from_entra.data), websession.user()):
         flash("Admins are now assigned in Microsoft Entra: the app role Portal.Admin decides at each Microsoft "
               "sign-in." if form.admins_from_entra.data else "Admins are assigned on the USERS tab again.", "success")
     return redirect(url_for("settings.security"), 303)
@@ -185,7 +185,7 @@ def entra_admins():
 @bp.post("/security/provisioning/token")
 def generate_scim_token():
     """Generate (or rotate) the provisioning token and show it once, on this response only."""
-    token = provisioning.generate_token(_org(), current_user)
+    token = provisioning.generate_token(_org(), websession.user())
     response = make_response(render_template("settings/provisioning_token.html", org=_org(), tab="security",
                                              token=token, tenant_url=tenant_url()))
     response.headers["Cache-Control"] = "no-store"  # said here too: this page must never be kept or shown again
@@ -199,7 +199,7 @@ def confirm_rotate_scim_token():
 
 @bp.post("/security/provisioning/off")
 def turn_off_provisioning():
-    if provisioning.turn_off(_org(), current_user):
+    if provisioning.turn_off(_org(), websession.user()):
         flash("User provisioning is off: the token no longer works, so Microsoft Entra's provisioning calls fail. "
               "Provisioned users and groups stay as they are.", "success")
     return redirect(url_for("settings.security"), 303)
@@ -212,7 +212,7 @@ def scim_admin_group():
     if not form.validate_on_submit():
         raise InvalidInput("That group is not one of the groups Microsoft Entra provisioned. Reload the SECURITY tab "
                            "and choose again. Nothing was changed.")
-    if provisioning.set_admin_group(_org(), form.group.data or None, current_user):
+    if provisioning.set_admin_group(_org(), form.group.data or None, websession.user()):
         name = dict(form.group.choices).get(form.group.data)
         flash(f"Members of the group {name} are admins now; provisioning decides roles, not app roles at sign-in."
               if form.group.data else "No provisioned group decides who is admin any more.", "success")
@@ -223,7 +223,7 @@ def scim_admin_group():
 
 @bp.get("/users")
 def users():
-    listing = members.members_page(_org(), request.args.get("page", "1"), current_user,
+    listing = members.members_page(_org(), request.args.get("page", "1"), websession.user(),
                                    email=request.args.get("email", ""))
     return render_template("settings/users.html", org=_org(), tab="users", listing=listing)
 
@@ -234,11 +234,11 @@ def _back_to_users():
 
 @bp.post("/users/<user_id>/role")
 def set_role(user_id: str):
-    user = members.member(_org(), user_id, current_user)
+    user = members.member(_org(), user_id, websession.user())
     form = RoleForm()
     if not form.validate_on_submit():
         raise InvalidInput("A role is admin or member. Reload the USERS tab and try again.")
-    if members.set_role(_org(), user, form.role.data, current_user):
+    if members.set_role(_org(), user, form.role.data, websession.user()):
         flash(f"{directory.display_user(user)} is now {'an admin' if form.role.data == 'admin' else 'a member'}.",
               "success")
     return _back_to_users()
@@ -246,24 +246,24 @@ def set_role(user_id: str):
 
 @bp.post("/users/<user_id>/block")
 def block(user_id: str):
-    user = members.member(_org(), user_id, current_user)
-    ended = members.set_blocked(_org(), user, True, current_user)
+    user = members.member(_org(), user_id, websession.user())
+    ended = members.set_blocked(_org(), user, True, websession.user())
     flash(f"{directory.display_user(user)} is blocked; {ended} session{'' if ended == 1 else 's'} ended.", "success")
     return _back_to_users()
 
 
 @bp.post("/users/<user_id>/unblock")
 def unblock(user_id: str):
-    user = members.member(_org(), user_id, current_user)
-    members.set_blocked(_org(), user, False, current_user)
+    user = members.member(_org(), user_id, websession.user())
+    members.set_blocked(_org(), user, False, websession.user())
     flash(f"{directory.display_user(user)} can sign in again.", "success")
     return _back_to_users()
 
 
 @bp.post("/users/<user_id>/sign-out")
 def sign_out_everywhere(user_id: str):
-    user = members.member(_org(), user_id, current_user)
-    ended = members.sign_out_everywhere(_org(), user, current_user)
+    user = members.member(_org(), user_id, websession.user())
+    ended = members.sign_out_everywhere(_org(), user, websession.user())
     flash(f"{directory.display_user(user)} is signed out everywhere ({ended} session{'' if ended == 1 else 's'}).",
           "success")
     return _back_to_users()
@@ -271,15 +271,15 @@ def sign_out_everywhere(user_id: str):
 
 @bp.get("/users/<user_id>/remove")
 def confirm_remove(user_id: str):
-    user = members.member(_org(), user_id, current_user)
+    user = members.member(_org(), user_id, websession.user())
     return render_template("settings/confirm_remove.html", org=_org(), tab="users", user=user,
                            name=directory.display_user(user), microsoft=user.object_id is not None)
 
 
 @bp.post("/users/<user_id>/remove")
 def remove(user_id: str):
-    user = members.member(_org(), user_id, current_user)
+    user = members.member(_org(), user_id, websession.user())
     name = directory.display_user(user)
-    members.remove(_org(), user, current_user)
+    members.remove(_org(), user, websession.user())
     flash(f"{name} was removed.", "success")
     return _back_to_users()

@@ -9,18 +9,18 @@ import functools
 
 from flask import Flask, current_app, g, request, session
 from flask.sessions import SecureCookieSessionInterface
-from flask_login import LoginManager, login_user, logout_user
+from flask_login import LoginManager, current_user, login_user, logout_user
 from flask_wtf.csrf import generate_csrf
 from itsdangerous import URLSafeTimedSerializer
 
 import entra
 from domain import audit, sessions
-from models import User
+from models import SessionUser, User
 
 
 def init_app(app: Flask) -> None:
     """Flask-Login with the server-side session check, and the client address the audit log records."""
-    manager = LoginManager()
+    manager = _LoginManager()
     manager.login_view = "auth.login"
     manager.login_message = "Please sign in to see that page."
     manager.login_message_category = "info"
@@ -38,6 +38,14 @@ def init_app(app: Flask) -> None:
         token = g.pop("_audit_client", None)
         if token is not None:
             audit.client_address.reset(token)
+
+
+class _LoginManager(LoginManager):
+    """Flask-Login without its session protection, which is off here (`session_protection = None`: sessions are
+    checked server-side); it hashed the client's address and user agent on every request before finding it off."""
+
+    def _session_protection_failed(self) -> bool:
+        return False
 
 
 class _CookieSessions(SecureCookieSessionInterface):
@@ -60,8 +68,12 @@ def csrf_token() -> str:
     """Flask-WTF's generate_csrf for templates, with the signed token kept per session secret in this worker:
     tokens carry no expiry here (WTF_CSRF_TIME_LIMIT None), so signing it afresh for every page bought nothing."""
     cfg = current_app.config
-    field, raw = cfg["WTF_CSRF_FIELD_NAME"], session.get(cfg["WTF_CSRF_FIELD_NAME"])
-    if field in g or cfg["WTF_CSRF_TIME_LIMIT"] is not None or not isinstance(raw, str):
+    field = cfg["WTF_CSRF_FIELD_NAME"]
+    token = g.get(field)
+    if token is not None:  # this request's, already signed (a page prints it in each of its forms)
+        return token
+    raw = session.get(field)
+    if cfg["WTF_CSRF_TIME_LIMIT"] is not None or not isinstance(raw, str):
         return generate_csrf()
     token = _signed_csrf(cfg.get("WTF_CSRF_SECRET_KEY") or current_app.secret_key, raw)
     setattr(g, field, token)  # where generate_csrf (and the forms' CSRF fields) find it for this request
@@ -73,9 +85,20 @@ def _signed_csrf(key: str | bytes, raw: str) -> str:
     return URLSafeTimedSerializer(key, salt="wtf-csrf-token").dumps(raw)
 
 
-def load_user(user_id: str) -> User | None:
-    """Flask-Login's loader: the user only while their server-side session is alive."""
+def load_user(user_id: str) -> SessionUser | None:
+    """Flask-Login's loader: the user only while their server-side session is alive (checked on every request)."""
     return sessions.session_user(session, user_id)
+
+
+def user() -> User:
+    """The signed-in user as the `User` the services take (`current_user` is the SessionUser the check read, or
+    the User itself in the request that signed them in), read once a request."""
+    signed_in = current_user._get_current_object()
+    if isinstance(signed_in, User):
+        return signed_in
+    if "_portal_user" not in g:
+        g._portal_user = sessions.user_of(signed_in)
+    return g._portal_user
 
 
 def state() -> sessions.State:

@@ -16,8 +16,8 @@ from domain.policy import OPERATOR, Actor, require_admin
 from domain.profiles import email_from_copy, scrub_deleted
 from domain.races import commit_or_conflict
 from domain.throttling import account_key
-from models import (AuditEvent, Domain, LoginSession, Organization, ScimGroup, ScimGroupMember, SignInHit, StoredProfile,
-                    User, db)
+from models import (AuditEvent, Domain, LoginSession, Organization, ScimGroup, ScimGroupMember, SessionUser, SignInHit,
+                    StoredProfile, User, db)
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def find_realm(raw_email: str) -> Realm:
     return Realm("password", email, org)
 
 
-def user_email(user: User) -> str:
+def user_email(user: User | SessionUser) -> str:
     """The user's email, decrypted; for a Microsoft-only account of an organisation that keeps no copy,
     the one in this session's profile copy, or "" when none is held."""
     if not user.email_enc:

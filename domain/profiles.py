@@ -16,7 +16,7 @@ from domain import sealed
 from domain.addresses import normalise_or_raw, org_emails
 from domain.audit import record
 from domain.policy import Actor, require_admin
-from models import AuditEvent, LoginSession, Organization, StoredProfile, User, db, utcnow
+from models import AuditEvent, LoginSession, Organization, SessionUser, StoredProfile, User, db, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ _PROFILE_COPY = (select(_profiles.c.data_enc, _profiles.c.read_at, _profiles.c.k
 _PROFILE_PHOTO = select(_profiles.c.photo_enc).where(_profiles.c.user_id == bindparam("user_id"))
 
 
-def profile_of(user: User) -> ProfileCopy | None:
+def profile_of(user: User | SessionUser) -> ProfileCopy | None:
     row = db.session.connection().execute(_PROFILE_COPY, {"user_id": user.id}).first()
     if row is None:
         return None
@@ -63,7 +63,7 @@ def profile_of(user: User) -> ProfileCopy | None:
                        tenant_id=user.tenant_id, object_id=user.object_id)
 
 
-def photo_of(user: User) -> tuple[bytes, str] | None:
+def photo_of(user: User | SessionUser) -> tuple[bytes, str] | None:
     blob = db.session.execute(_PROFILE_PHOTO, {"user_id": user.id}).scalar()
     if blob is None:
         return None
@@ -92,7 +92,7 @@ def _keep_or_forget_email(user: User, result: entra.SignIn, kept: bool) -> None:
         sealed.store("email", user, user, verified[0])
 
 
-def email_from_copy(user: User) -> str:
+def email_from_copy(user: User | SessionUser) -> str:
     """A session-only copy's UPN when it is in the organisation's domains (organisations that keep no copies)."""
     copy = profile_of(user)
     if copy is None or copy.kept:

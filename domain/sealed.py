@@ -12,12 +12,13 @@ from typing import Any, Callable
 
 import vault
 from domain.errors import StoredDataUnreadable
-from models import ScimGroup, User
+from models import ScimGroup, SessionUser, User
 
 log = logging.getLogger(__name__)
 
 
-Owner = User | ScimGroup  # whose row a field's ciphertext is bound to: a user's, or a provisioned group's
+# Whose row a field's ciphertext is bound to: a user's (a signed-in one as the session check read it), or a group's.
+Owner = User | SessionUser | ScimGroup
 
 
 def _same(value: Any) -> str | None:

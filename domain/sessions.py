@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from dataclasses import fields
 from datetime import timedelta
 from typing import Any, MutableMapping
 
@@ -19,7 +20,7 @@ import throttles
 from domain.addresses import parse_number
 from domain.errors import FlowFinished, InvalidInput
 from domain.profiles import scrub_deleted
-from models import LoginSession, StoredProfile, User, db, utcnow
+from models import LoginSession, SessionUser, StoredProfile, User, db, utcnow
 
 State = MutableMapping[str, Any]
 PENDING_MAX_AGE = 600  # seconds a started Microsoft sign-in or admin-consent request stays usable
@@ -52,35 +53,30 @@ def start_session(user: User, method: str, state: State, *, entra_sid: str | Non
     return sid_hash(sid)
 
 
-# Every signed-in request runs this, so it is built once (building and cache-keying a statement costs more
-# than running it). The session's times come as plain columns: the ORM builds one object, the user.
-_SESSION_USER = (select(User, LoginSession.created_at, LoginSession.last_seen_at)
-                 .join(LoginSession, LoginSession.user_id == User.id)
-                 .where(LoginSession.id == bindparam("sid_hash")))
+# Every signed-in request runs this, so it is built once (building and cache-keying a statement costs more than
+# running it), as a Core query of the columns a page needs: no ORM object to build (SessionUser).
+_users, _sessions = User.__table__, LoginSession.__table__
+_SESSION_USER_COLUMNS = [field.name for field in fields(SessionUser)]  # the users columns, in SessionUser's order
+_SESSION_USER = (select(*(_users.c[name] for name in _SESSION_USER_COLUMNS), _users.c.blocked,
+                        _sessions.c.created_at, _sessions.c.last_seen_at)
+                 .join(_sessions, _sessions.c.user_id == _users.c.id)
+                 .where(_sessions.c.id == bindparam("sid_hash")))
 
 
-def login_session_with_user(hashed: str) -> tuple[User, Any, Any] | None:
-    """The user of a server-side session and the session's (created_at, last_seen_at), in one query."""
-    found = db.session.execute(_SESSION_USER, {"sid_hash": hashed}).first()
-    return tuple(found) if found is not None else None
-
-
-def session_user(state: State, user_id: str) -> User | None:
+def session_user(state: State, user_id: str) -> SessionUser | None:
     """The signed-in user, only while their server-side session is alive (idle and absolute limits)."""
     hashed = current_sid_hash(state)
     if hashed is None or parse_number(user_id) is None:
         return None
-    found = login_session_with_user(hashed)
-    if found is None:
-        return None
-    user, created_at, last_seen_at = found
-    if user.id != parse_number(user_id):
+    found = db.session.connection().execute(_SESSION_USER, {"sid_hash": hashed}).first()
+    if found is None or found.id != parse_number(user_id):
         return None
     now = utcnow()
     cfg = current_app.config
+    last_seen_at = found.last_seen_at
     # Blocking ends a user's sessions; this also ends one a sign-in created while the block was being saved.
-    if (user.blocked or now - last_seen_at > timedelta(minutes=cfg["SESSION_IDLE_MINUTES"])
-            or now - created_at > timedelta(hours=cfg["SESSION_MAX_HOURS"])):
+    if (found.blocked or now - last_seen_at > timedelta(minutes=cfg["SESSION_IDLE_MINUTES"])
+            or now - found.created_at > timedelta(hours=cfg["SESSION_MAX_HOURS"])):
         drop_login_session(hashed)
         db.session.commit()
         scrub_deleted()
@@ -88,7 +84,15 @@ def session_user(state: State, user_id: str) -> User | None:
     if now - last_seen_at > timedelta(seconds=60):  # written at most once a minute
         db.session.execute(db.update(LoginSession).where(LoginSession.id == hashed).values(last_seen_at=now))
         db.session.commit()
-    return user
+    return SessionUser(*found[:len(_SESSION_USER_COLUMNS)])
+
+
+_USER_BY_ID = select(User).where(User.id == bindparam("user_id"))  # cheaper than Session.get's statement each time
+
+
+def user_of(signed_in: SessionUser) -> User:
+    """The `User` entity of a signed-in user, for the services that take one."""
+    return db.session.execute(_USER_BY_ID, {"user_id": signed_in.id}).scalar_one()
 
 
 def end_session(state: State) -> str | None:
