@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 
-from flask import Flask, current_app, g, request, session
+from flask import Flask, abort, current_app, g, request, session
 from flask.sessions import SecureCookieSessionInterface
 from flask_login import LoginManager, current_user, login_user, logout_user
 from flask_wtf.csrf import generate_csrf
@@ -98,6 +98,9 @@ def user() -> User:
         return signed_in
     if "_portal_user" not in g:
         g._portal_user = sessions.user_of(signed_in)
+        if g._portal_user is None:  # removed between the session check and now: signed out, as on the next page
+            logout_user()
+            abort(current_app.login_manager.unauthorized())
     return g._portal_user
 
 

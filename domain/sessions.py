@@ -90,9 +90,9 @@ def session_user(state: State, user_id: str) -> SessionUser | None:
 _USER_BY_ID = select(User).where(User.id == bindparam("user_id"))  # cheaper than Session.get's statement each time
 
 
-def user_of(signed_in: SessionUser) -> User:
-    """The `User` entity of a signed-in user, for the services that take one."""
-    return db.session.execute(_USER_BY_ID, {"user_id": signed_in.id}).scalar_one()
+def user_of(signed_in: SessionUser) -> User | None:
+    """The `User` entity of a signed-in user, for the services that take one (None once removed meanwhile)."""
+    return db.session.execute(_USER_BY_ID, {"user_id": signed_in.id}).scalar_one_or_none()
 
 
 def end_session(state: State) -> str | None:

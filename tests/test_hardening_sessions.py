@@ -5,7 +5,7 @@ from datetime import timedelta
 
 from app import create_app
 from helpers import PRODUCTION, csrf, password_sign_in, sign_out, signed_in, sso_sign_in, submit
-from models import LoginSession, db, utcnow
+from models import LoginSession, User, db, utcnow
 
 ADMIN = "admin@northwind.example"
 LENA = "lena.fischer@northwind.example"
@@ -148,3 +148,22 @@ def test_pending_flows_keep_the_cookie_under_4kb(client, active):  # noqa: F811
         assert resp.status_code == 303
         sizes.append(len(resp.headers["Set-Cookie"]))
     assert max(sizes) < 4096 and sizes[-1] > sizes[0]  # it grew with the flows, and stayed within bounds
+
+
+def test_a_user_removed_between_the_session_check_and_the_page_is_signed_out_not_an_error(app, client, northwind,
+                                                                                             monkeypatch):
+    from domain import members, sessions
+
+    password_sign_in(client, ADMIN)
+    read = sessions.user_of
+
+    def removed_meanwhile(signed_in):  # another worker removes the user after this request's session check
+        members.erase(db.session.get(User, signed_in.id))
+        db.session.commit()
+        return read(signed_in)
+
+    monkeypatch.setattr(sessions, "user_of", removed_meanwhile)
+    resp = client.get("/settings/security")
+    assert resp.status_code == 302 and "/login" in resp.headers["Location"]
+    monkeypatch.setattr(sessions, "user_of", read)
+    assert not signed_in(client)
