@@ -366,6 +366,32 @@ def report(portal: Portal, peer: Peer, args) -> None:
         print(f"  {category:<44}{per_sign_in(portal, (category,)):>12.2f}")
 
 
+def start_emulator(folder: str, redirect_uris: list[str]) -> tuple[subprocess.Popen, str, str]:
+    """The emulator's app as `python -m emulator` builds it, served by gunicorn over HTTPS, which keeps connections
+    alive as Microsoft does (werkzeug's server closes each one); the peer signs in as the portal's app registration.
+    Returns the process, its URL and the CA bundle to trust, once it answers."""
+    ca, cert, key = make_certificates(folder)
+    port = free_port()
+    url = f"https://127.0.0.1:{port}"
+    emulator = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--workers", "1", "--worker-class", "gthread", "--threads", "8",
+         "--keep-alive", "75", "--certfile", cert, "--keyfile", key, "--bind", f"127.0.0.1:{port}",
+         "bench.emulator_wsgi:create_app()"],
+        cwd=ROOT, stderr=open(os.path.join(folder, "emulator.log"), "wb"),
+        env=dict(os.environ, BENCH_EMULATOR_URL=url, BENCH_EMULATOR_INSTANCE=folder,
+                 BENCH_EMULATOR_CLIENT_ID=CLIENT_ID, BENCH_EMULATOR_CLIENT_SECRET=CLIENT_SECRET,
+                 BENCH_EMULATOR_REDIRECT_URIS=json.dumps(redirect_uris)))
+    for _ in range(300):
+        try:
+            requests.get(url + "/organizations/v2.0/.well-known/openid-configuration", verify=ca,
+                         timeout=5).raise_for_status()
+            return emulator, url, ca
+        except requests.ConnectionError:  # not listening yet
+            time.sleep(0.1)
+    emulator.terminate()
+    raise SystemExit(f"the emulator did not start: see {folder}/emulator.log")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", help="the portal's PostgreSQL; default: SQLite in a temporary folder")
@@ -378,33 +404,12 @@ def main() -> None:
     if not shutil.which("wrk"):
         raise SystemExit("wrk is needed: apt-get install wrk")
     folder = tempfile.mkdtemp(prefix="portal-peer-emulator-")
-    ca, cert, key = make_certificates(folder)
-    port, portal_port, peer_port = free_port(), free_port(), free_port()
-    emulator_url = f"https://127.0.0.1:{port}"
+    portal_port, peer_port = free_port(), free_port()
     sides: list[Side] = []
-    # The emulator's app as `python -m emulator` builds it, served by gunicorn over HTTPS, which keeps connections
-    # alive as Microsoft does (werkzeug's server closes each one); the peer signs in as the portal's app registration.
-    redirect_uris = [f"https://127.0.0.1:{portal_port}/auth/callback",
-                     f"https://127.0.0.1:{portal_port}/auth/admin-consent/callback",
-                     f"http://127.0.0.1:{peer_port}/auth/response"]
-    emulator = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--workers", "1", "--worker-class", "gthread", "--threads", "8",
-         "--keep-alive", "75", "--certfile", cert, "--keyfile", key, "--bind", f"127.0.0.1:{port}",
-         "bench.emulator_wsgi:create_app()"],
-        cwd=ROOT, stderr=open(os.path.join(folder, "emulator.log"), "wb"),
-        env=dict(os.environ, BENCH_EMULATOR_URL=emulator_url, BENCH_EMULATOR_INSTANCE=folder,
-                 BENCH_EMULATOR_CLIENT_ID=CLIENT_ID, BENCH_EMULATOR_CLIENT_SECRET=CLIENT_SECRET,
-                 BENCH_EMULATOR_REDIRECT_URIS=json.dumps(redirect_uris)))
+    emulator, emulator_url, ca = start_emulator(folder, [f"https://127.0.0.1:{portal_port}/auth/callback",
+                                                         f"https://127.0.0.1:{portal_port}/auth/admin-consent/callback",
+                                                         f"http://127.0.0.1:{peer_port}/auth/response"])
     try:
-        discovery = emulator_url + "/organizations/v2.0/.well-known/openid-configuration"
-        for _ in range(300):
-            try:
-                requests.get(discovery, verify=ca, timeout=5).raise_for_status()
-                break
-            except requests.ConnectionError:  # not listening yet
-                time.sleep(0.1)
-        else:
-            raise SystemExit(f"the emulator did not start: see {folder}/emulator.log")
         print("setting up the portal and the identity app", flush=True)
         sides.append(Portal(portal_port, emulator_url, ca, args.database_url))
         sides.append(Peer(peer_port, emulator_url, ca))

@@ -26,33 +26,9 @@ from collections import Counter, defaultdict
 import requests
 from sqlalchemy import event
 
-from bench.bench_peer import BROWSER, CLIENT_ID, CLIENT_SECRET, NOT_COUNTED, ROOT, Portal, make_certificates
+from bench.bench_peer import BROWSER, NOT_COUNTED, Portal, start_emulator
 from bench.harness import PORTAL_CATEGORIES, CpuSplit, free_port
 from models import db
-
-
-def _start_emulator(folder: str, portal_port: int) -> tuple[subprocess.Popen, str, str]:
-    ca, cert, key = make_certificates(folder)
-    port = free_port()
-    url = f"https://127.0.0.1:{port}"
-    redirect_uris = [f"https://127.0.0.1:{portal_port}/auth/callback",
-                     f"https://127.0.0.1:{portal_port}/auth/admin-consent/callback"]
-    emulator = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--workers", "1", "--worker-class", "gthread", "--threads", "8",
-         "--keep-alive", "75", "--certfile", cert, "--keyfile", key, "--bind", f"127.0.0.1:{port}",
-         "bench.emulator_wsgi:create_app()"],
-        cwd=ROOT, stderr=open(os.path.join(folder, "emulator.log"), "wb"),
-        env=dict(os.environ, BENCH_EMULATOR_URL=url, BENCH_EMULATOR_INSTANCE=folder,
-                 BENCH_EMULATOR_CLIENT_ID=CLIENT_ID, BENCH_EMULATOR_CLIENT_SECRET=CLIENT_SECRET,
-                 BENCH_EMULATOR_REDIRECT_URIS=json.dumps(redirect_uris)))
-    for _ in range(300):
-        try:
-            requests.get(url + "/organizations/v2.0/.well-known/openid-configuration", verify=ca, timeout=5)
-            return emulator, url, ca
-        except requests.ConnectionError:  # not listening yet
-            time.sleep(0.1)
-    emulator.terminate()
-    raise SystemExit(f"the emulator did not start: see {folder}/emulator.log")
 
 
 def _count_statements(portal: Portal) -> Counter:
@@ -76,7 +52,8 @@ def main() -> None:
     args = parser.parse_args()
     folder = tempfile.mkdtemp(prefix="portal-signin-bench-")
     portal_port = free_port()
-    emulator, url, ca = _start_emulator(folder, portal_port)
+    emulator, url, ca = start_emulator(folder, [f"https://127.0.0.1:{portal_port}/auth/callback",
+                                                f"https://127.0.0.1:{portal_port}/auth/admin-consent/callback"])
     portal = None
     try:
         portal = Portal(portal_port, url, ca, args.database_url)
