@@ -421,7 +421,8 @@ def create_user(org: Organization, resource: EntraUser) -> EntraUser:
         raise scim.UniquenessException(detail="externalId is taken.")
     if existing is not None:
         _check_active(org, existing, resource.active, "scim_user_created")
-    user = existing or User(organization=org, role="member")
+    # By the organisation's id, not the relationship: the organisation is then no part of the user's flushes.
+    user = existing or User(organization_id=org.id, role="member")
     if existing is None or not existing.email_enc or user_email(existing) != email:
         set_email(user, email)  # flushes: the row has its id for the sealed copy
     user.scim_id = secrets.token_urlsafe(16)
