@@ -323,9 +323,15 @@ def _user_name(org: Organization, raw: str | None) -> str:
         email = normalise_email(raw or "")
     except InvalidInput:
         raise scim.InvalidValueException(detail="userName is not an email address (a UPN).") from None
-    if db.session.scalar(_DOMAIN_OWNER, {"name": email.rpartition("@")[2]}) != org.id:
+    if _looked_up().scalar(_DOMAIN_OWNER, {"name": email.rpartition("@")[2]}) != org.id:
         raise scim.InvalidValueException(detail="userName is not in one of the organisation's domains.")
     return email
+
+
+def _looked_up():
+    """The session's connection (its transaction), for the look-ups of ids above: they load no objects, and through the
+    ORM each cost twice as much (~75 against ~32 µs). Callers look before changing anything: nothing to flush first."""
+    return db.session.connection()
 
 
 def _external_ids(value: str | None) -> list[bytes]:
@@ -335,10 +341,10 @@ def _external_ids(value: str | None) -> list[bytes]:
 def _taken(org: Organization, user: User | None, email: str | None, external_id: str | None) -> str | None:
     """Which unique attribute another user of the organisation holds already: "userName", "externalId" or None."""
     others = {"org_id": org.id, "not_id": user.id if user is not None and user.id is not None else 0}
-    if email is not None and db.session.execute(
+    if email is not None and _looked_up().execute(
             _OTHER_WITH_EMAIL, {**others, "hmacs": vault.get_vault().blind_indexes(email)}).first():
         return "userName"
-    if external_id and db.session.execute(
+    if external_id and _looked_up().execute(
             _OTHER_WITH_EXTERNAL_ID, {**others, "hmacs": _external_ids(external_id)}).first():
         return "externalId"
     return None
