@@ -154,7 +154,15 @@ def _number(name: str, default: int | None) -> int | None:
 
 def _response_parameters(model: type) -> scim.ResponseParameters:
     wanted = {k: v for k, v in request.args.items() if k in ("attributes", "excludedAttributes")}
+    if not wanted:
+        return _all_attributes(model)
     return provisioning.specialised(scim.ResponseParameters, model).model_validate(wanted)
+
+
+@functools.cache
+def _all_attributes(model: type) -> scim.ResponseParameters:
+    """No attributes nor excludedAttributes (nearly every request): validated once, only read by the dumps."""
+    return provisioning.specialised(scim.ResponseParameters, model).model_validate({})
 
 
 def _manager(value: Any) -> Any:

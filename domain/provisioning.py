@@ -287,8 +287,29 @@ def user_resource(org: Organization, user: User) -> EntraUser:
     schemas = [scim.User.__schema__] + ([ENTERPRISE] if ENTERPRISE in data else [])
     resource = entra_user().model_validate({**data, "schemas": [str(s) for s in schemas], "id": user.scim_id,
                                          "userName": user_email(user), "active": not user.blocked})
-    resource.meta = scim.Meta(resource_type="User", created=_utc(user.created_at), last_modified=_utc(user.created_at))
+    resource.meta = _meta(user)
     return resource
+
+
+def _meta(user: User) -> scim.Meta:
+    return scim.Meta(resource_type="User", created=_utc(user.created_at), last_modified=_utc(user.created_at))
+
+
+@functools.cache
+def _aliases() -> dict[str, str]:
+    """The User resource's fields by the name a dump gives them (userName: user_name, the extension's URN: ...)."""
+    return {field.serialization_alias or field.alias or name: name for name, field in entra_user().model_fields.items()}
+
+
+def _as_stored(user: User, email: str, resource: EntraUser, data: dict) -> EntraUser:
+    """What user_resource() would read back after _store(): `resource` (the body, valid already) with only what was
+    kept (`data`, as _store returned it), the id, userName and active. A copy of valid values, not validated again."""
+    aliases = _aliases()
+    update = {name: None for name in aliases.values()}
+    update.update((aliases[key], getattr(resource, aliases[key])) for key in data)
+    update.update(schemas=[str(scim.User.__schema__)] + ([ENTERPRISE] if ENTERPRISE in data else []),
+                  id=user.scim_id, user_name=email, active=not user.blocked, meta=_meta(user))
+    return resource.model_copy(update=update)
 
 
 def _utc(moment: datetime) -> datetime:
@@ -302,9 +323,15 @@ def _user_name(org: Organization, raw: str | None) -> str:
         email = normalise_email(raw or "")
     except InvalidInput:
         raise scim.InvalidValueException(detail="userName is not an email address (a UPN).") from None
-    if db.session.scalar(_DOMAIN_OWNER, {"name": email.rpartition("@")[2]}) != org.id:
+    if _looked_up().scalar(_DOMAIN_OWNER, {"name": email.rpartition("@")[2]}) != org.id:
         raise scim.InvalidValueException(detail="userName is not in one of the organisation's domains.")
     return email
+
+
+def _looked_up():
+    """The session's connection (its transaction), for the look-ups of ids above: they load no objects, and through the
+    ORM each cost twice as much (~75 against ~32 µs). Callers look before changing anything: nothing to flush first."""
+    return db.session.connection()
 
 
 def _external_ids(value: str | None) -> list[bytes]:
@@ -314,23 +341,25 @@ def _external_ids(value: str | None) -> list[bytes]:
 def _taken(org: Organization, user: User | None, email: str | None, external_id: str | None) -> str | None:
     """Which unique attribute another user of the organisation holds already: "userName", "externalId" or None."""
     others = {"org_id": org.id, "not_id": user.id if user is not None and user.id is not None else 0}
-    if email is not None and db.session.execute(
+    if email is not None and _looked_up().execute(
             _OTHER_WITH_EMAIL, {**others, "hmacs": vault.get_vault().blind_indexes(email)}).first():
         return "userName"
-    if external_id and db.session.execute(
+    if external_id and _looked_up().execute(
             _OTHER_WITH_EXTERNAL_ID, {**others, "hmacs": _external_ids(external_id)}).first():
         return "externalId"
     return None
 
 
-def _store(org: Organization, user: User, resource: EntraUser) -> None:
-    """Keep what SCIM sent: the sealed copy only while the organisation stores copies, the externalId's index always."""
+def _store(org: Organization, user: User, resource: EntraUser) -> dict:
+    """Keep what SCIM sent: the sealed copy only while the organisation stores copies, the externalId's index always.
+    What was kept (the sealed copy, or nothing)."""
     data = {k: v for k, v in resource.model_dump(mode="json").items() if k not in _NOT_KEPT}
     if org.store_profiles:
         sealed.store("scim", user, user, data)
-    else:
-        user.scim_data_enc = None
-        user.scim_external_id_hmac = sealed.blind_index("scim", data)
+        return data
+    user.scim_data_enc = None
+    user.scim_external_id_hmac = sealed.blind_index("scim", data)
+    return {}
 
 
 def _check_active(org: Organization, user: User, active: bool | None, action: str) -> None:
@@ -398,11 +427,12 @@ def create_user(org: Organization, resource: EntraUser) -> EntraUser:
         raise scim.UniquenessException(detail="externalId is taken.")
     if existing is not None:
         _check_active(org, existing, resource.active, "scim_user_created")
-    user = existing or User(organization=org, role="member")
+    # By the organisation's id, not the relationship: the organisation is then no part of the user's flushes.
+    user = existing or User(organization_id=org.id, role="member")
     if existing is None or not existing.email_enc or user_email(existing) != email:
         set_email(user, email)  # flushes: the row has its id for the sealed copy
     user.scim_id = secrets.token_urlsafe(16)
-    _store(org, user, resource)
+    kept = _store(org, user, resource)
     if existing is None:
         user.blocked = resource.active is False
     record("scim_user_created", "success", org=org, actor=PROVISIONING,
@@ -410,7 +440,7 @@ def create_user(org: Organization, resource: EntraUser) -> EntraUser:
            + (" inactive" if existing is None and user.blocked else ""))
     _set_active(org, user, resource.active if existing is not None else None)
     log.info("Provisioned user %s in organisation %s", user.id, org.id)
-    return user_resource(org, user)
+    return _as_stored(user, email, resource, kept)
 
 
 def get_user(org: Organization, scim_id: str) -> EntraUser:
@@ -439,11 +469,11 @@ def _update(org: Organization, user: User, resource: EntraUser) -> EntraUser:
     before = (user.email_hmac, user.scim_external_id_hmac, user.scim_data_enc and _kept(org, user))
     if email != user_email(user):
         set_email(user, email)
-    _store(org, user, resource)
+    kept = _store(org, user, resource)
     if before != (user.email_hmac, user.scim_external_id_hmac, user.scim_data_enc and _kept(org, user)):
         record("scim_user_updated", "success", org=org, actor=PROVISIONING, detail=f"user {user.id}")
     _set_active(org, user, resource.active)
-    return user_resource(org, user)
+    return _as_stored(user, email, resource, kept)
 
 
 def delete_user(org: Organization, scim_id: str) -> None:
