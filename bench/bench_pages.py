@@ -7,9 +7,9 @@ times requests through the WSGI app with `time.thread_time()` (robust on a share
 - `/profile/` with the member's cookie (the server-side session check, the profile copy read and decrypted);
 - GET `/login` without a cookie (a new visitor: a new session with a CSRF secret, its cookie set).
 
-With `--peer`, also the signed-in page of the `identity` sample app (bench/peer_identity.py, needs bench/requirements.txt)
-with a session holding a signed-in user's ID token claims, as its callback leaves it (no sign-in: its page reads
-nothing else). Each round runs `--requests` of each page, rotating which goes first; it prints the minimum over
+With `--peer`, also the signed-in page of the `identity` sample app (bench/peer_identity.py, needs
+bench/requirements.txt) with a session holding a signed-in user's ID token claims, as its callback leaves it (no
+sign-in: its page reads nothing else). Each round runs `--requests` of each page, rotating which goes first; it prints the minimum over
 rounds in µs per request. `--profile PAGE` prints a cProfile of that page instead.
 """
 from __future__ import annotations
@@ -142,10 +142,12 @@ def main() -> None:
                 best[name] = min(best[name], cpu_per_request(*pages[name], args.requests))
         labels = {"profile": "/profile/", "login": "GET /login", "peer": "identity app's signed-in page"}
         for name in pages:
-            print(f"{labels[name]:<30} {best[name]:7.0f} µs CPU per request (min of {args.rounds} rounds × {args.requests})")
+            print(f"{labels[name]:<30} {best[name]:7.0f} µs CPU per request "
+                  f"(min of {args.rounds} rounds × {args.requests})")
         if "peer" in pages:
             print(f"the peer's page ÷ /profile/: {best['peer'] / best['profile']:.2f}; "
-                  f"÷ the login prompt: {best['peer'] / best['login']:.2f}  (the targets: ≥ 1.5 and ≥ 2 in requests/s)")
+                  f"÷ the login prompt: {best['peer'] / best['login']:.2f}  "
+                  "(the targets: ≥ 1.5 and ≥ 2 in requests/s)")
         with app.app_context():
             db.engine.dispose()
 
