@@ -9,8 +9,8 @@ times requests through the WSGI app with `time.thread_time()` (robust on a share
 
 With `--peer`, also the signed-in page of the `identity` sample app (bench/peer_identity.py, needs
 bench/requirements.txt) with a session holding a signed-in user's ID token claims, as its callback leaves it (no
-sign-in: its page reads nothing else). Each round runs `--requests` of each page, rotating which goes first; it prints the minimum over
-rounds in µs per request. `--profile PAGE` prints a cProfile of that page instead.
+sign-in: its page reads nothing else). Each round runs `--requests` of each page, rotating which goes first; it
+prints the minimum over rounds in µs per request. `--profile PAGE` prints a cProfile of that page instead.
 """
 from __future__ import annotations
 
