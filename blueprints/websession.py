@@ -41,10 +41,12 @@ def init_app(app: Flask) -> None:
 
 
 class _LoginManager(LoginManager):
-    """Flask-Login without its session protection, which is off here (`session_protection = None`: sessions are
-    checked server-side); it hashed the client's address and user agent on every request before finding it off."""
+    """Flask-Login, which hashed the client's address and user agent on every request before finding its session
+    protection off (`session_protection = None`: sessions are checked server-side); a configured one still runs."""
 
     def _session_protection_failed(self) -> bool:
+        if current_app.config.get("SESSION_PROTECTION", self.session_protection):
+            return super()._session_protection_failed()
         return False
 
 

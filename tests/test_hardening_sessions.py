@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from flask import session
+
 from app import create_app
 from helpers import PRODUCTION, csrf, password_sign_in, sign_out, signed_in, sso_sign_in, submit
 from models import LoginSession, User, db, utcnow
@@ -167,3 +169,15 @@ def test_a_user_removed_between_the_session_check_and_the_page_is_signed_out_not
     assert resp.status_code == 302 and "/login" in resp.headers["Location"]
     monkeypatch.setattr(sessions, "user_of", read)
     assert not signed_in(client)
+
+
+def test_flask_logins_session_protection_still_runs_when_configured(app):
+    manager = app.login_manager
+    with app.test_request_context("/", headers={"User-Agent": "another browser"}):
+        session["_id"] = "the identifier of the browser that signed in"
+        assert manager._session_protection_failed() is False  # off by default: checked server-side instead
+        app.config["SESSION_PROTECTION"] = "strong"
+        try:
+            assert manager._session_protection_failed() is True
+        finally:
+            del app.config["SESSION_PROTECTION"]
