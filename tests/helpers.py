@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import vault
-from models import LoginSession, Organization, StoredProfile, User, db
+from models import AuditEvent, LoginSession, Organization, StoredProfile, User, db
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PASSWORD = "correct horse battery staple"
@@ -447,3 +447,10 @@ class Processes:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def audit_outcomes(app, action: str) -> list[tuple[str, str, int | None]]:
+    """(outcome, detail, actor id) of each audit event of `action`, oldest first."""
+    with app.app_context():
+        return [(e.outcome, e.detail, e.actor_id) for e in db.session.execute(
+            db.select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.id)).scalars()]

@@ -5,9 +5,9 @@ governed by Entra."""
 from __future__ import annotations
 
 from domain import directory, members, passwords, policy, profiles, provisioning
-from helpers import (NORTHWIND_TID, PASSWORD, password_sign_in, provisioning_token, scim_call, scim_group, scim_user,
-                     sign_out, sso_sign_in)
-from models import AuditEvent, Organization, ScimGroupMember, User, db
+from helpers import (NORTHWIND_TID, PASSWORD, audit_outcomes, password_sign_in, provisioning_token, scim_call,
+                     scim_group, scim_user, sign_out, sso_sign_in)
+from models import Organization, ScimGroupMember, User, db
 
 LENA = "lena.fischer@northwind.example"
 LENA_OID = "1b7e2d63-8d2f-4e1c-8b68-4f3a2c9d5e02"
@@ -38,12 +38,6 @@ def _rows(app, org_id: int) -> dict[int, User]:
         return users
 
 
-def _events(app, action: str) -> list[tuple[str, str, int | None]]:
-    with app.app_context():
-        return [(e.outcome, e.detail, e.actor_id) for e in db.session.execute(
-            db.select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.id)).scalars()]
-
-
 def _scim_row(app, scim_id: str) -> int:
     with app.app_context():
         return db.session.execute(db.select(User.id).where(User.scim_id == scim_id)).scalar_one()
@@ -72,7 +66,7 @@ def test_entra_cycle_second_account_is_merged_at_sign_in_and_disabling_in_entra_
     users = _rows(app, active)
     assert len(users) == before - 1 and second not in users  # one account: hers, now provisioned and linked
     assert users[lena].scim_id is not None and users[lena].object_id == LENA_OID
-    assert ("success", "provisioned_user_merged", lena) in _events(app, "identity_linked")
+    assert ("success", "provisioned_user_merged", lena) in audit_outcomes(app, "identity_linked")
     assert f"Provisioned user {second} merged into user {lena}" in caplog.text and ALIAS not in caplog.text
     with app.app_context():
         assert directory.user_email(db.session.get(User, lena)) == LENA  # userName, the provisioned email
@@ -133,8 +127,8 @@ def test_a_blocked_provisioned_account_blocks_the_merged_one_at_that_sign_in(app
     users = _rows(app, active)
     assert [u.id for u in users.values() if u.scim_id is not None] == [lena]
     assert users[lena].blocked and users[lena].scim_id == scim_id
-    assert _events(app, "sign_in")[-1][:2] == ("failure", "blocked")
-    assert ("success", f"user {lena} sessions_ended=1") in [e[:2] for e in _events(app, "user_blocked")]
+    assert audit_outcomes(app, "sign_in")[-1][:2] == ("failure", "blocked")
+    assert ("success", f"user {lena} sessions_ended=1") in [e[:2] for e in audit_outcomes(app, "user_blocked")]
 
 
 def test_a_break_glass_account_is_never_merged(app, client, active, caplog):
@@ -170,7 +164,7 @@ def test_several_matching_provisioned_accounts_merge_none(app, client, active, c
     assert users[lena].scim_id is None and {by_alias, by_oid} <= set(users)
     assert users[by_alias].object_id is None and users[by_oid].object_id is None
     assert f"matched several provisioned users ({by_oid}, {by_alias}): none merged" in caplog.text
-    assert not [e for e in _events(app, "identity_linked") if e[1] == "provisioned_user_merged"]
+    assert not [e for e in audit_outcomes(app, "identity_linked") if e[1] == "provisioned_user_merged"]
 
 
 def test_a_block_that_would_leave_no_admin_is_not_merged(app, client, active, caplog):

@@ -6,9 +6,9 @@ import html
 import re
 
 from domain import directory, members, policy, profiles, provisioning
-from helpers import (FABRIKAM_TID, password_sign_in, provisioning_token, scim_group, scim_user, sign_out,
-                     sso_sign_in, submit)
-from models import AuditEvent, Organization, StoredProfile, User, db
+from helpers import (FABRIKAM_TID, audit_outcomes, password_sign_in, provisioning_token, scim_group, scim_user,
+                     sign_out, sso_sign_in, submit)
+from models import Organization, StoredProfile, User, db
 
 LENA = "lena.fischer@northwind.example"
 LENA_OID = "1b7e2d63-8d2f-4e1c-8b68-4f3a2c9d5e02"
@@ -43,12 +43,6 @@ def _users(app, org_id: int) -> list[User]:
         return users
 
 
-def _events(app, action: str) -> list[tuple[str, str, int | None]]:
-    with app.app_context():
-        return [(e.outcome, e.detail, e.actor_id) for e in db.session.execute(
-            db.select(AuditEvent).where(AuditEvent.action == action).order_by(AuditEvent.id)).scalars()]
-
-
 def test_provisioned_user_is_linked_at_first_sign_in_by_object_id(app, client, active):
     lena = _provisioned(app, active, LENA, LENA_OID, role="admin")
     before = len(_users(app, active))
@@ -66,7 +60,7 @@ def test_provisioned_user_is_linked_at_first_sign_in_by_object_id(app, client, a
     linked = next(u for u in users if u.id == lena)
     assert (linked.tenant_id, linked.object_id, linked.role) == (
         "6f1c2d3e-4a5b-4c7d-8e9f-0a1b2c3d4e5f", LENA_OID, "admin")
-    assert ("success", "provisioned_object_id", lena) in _events(app, "identity_linked")
+    assert ("success", "provisioned_object_id", lena) in audit_outcomes(app, "identity_linked")
     # Now signed in: Active, still managed by Entra; an admin by the role provisioning gave.
     row = re.search(r"<tr>(?:(?!</tr>).)*" + re.escape(LENA) + r".*?</tr>", admin.get("/settings/users").data.decode(),
                     re.S).group(0)
@@ -87,7 +81,7 @@ def test_entra_default_mapping_links_by_the_mail_alias_which_is_not_kept(app, cl
     users = _users(app, active)
     assert len(users) == before  # linked: no second account
     assert next(u for u in users if u.id == lena).object_id == LENA_OID
-    assert ("success", "provisioned_mail_nickname", lena) in _events(app, "identity_linked")
+    assert ("success", "provisioned_mail_nickname", lena) in audit_outcomes(app, "identity_linked")
     # The alias was read only to match: not in the stored copy, the download or the profile page.
     with app.app_context():
         claims = profiles.profile_of(db.session.get(User, lena)).claims
@@ -108,7 +102,7 @@ def _refused_sign_in(app, client, active, caplog, reason: str, before: int):
     assert "Ask your organisation's administrator" in text and "externalId" in text
     assert client.get("/profile/").status_code in (302, 303)  # no session
     assert len(_users(app, active)) == before  # no second account
-    assert _events(app, "sign_in")[-1][:2] == ("failure", reason)
+    assert audit_outcomes(app, "sign_in")[-1][:2] == ("failure", reason)
     logged = caplog.text
     assert "lena" not in logged.lower() and LENA_OID not in logged  # ids only
 
@@ -159,7 +153,7 @@ def test_blocked_provisioned_user_is_refused_and_stays_unlinked(app, client, act
     users = _users(app, active)
     assert len(users) == before
     assert next(u for u in users if u.id == lena).object_id is None
-    assert _events(app, "sign_in")[-1][:2] == ("failure", "blocked")
+    assert audit_outcomes(app, "sign_in")[-1][:2] == ("failure", "blocked")
     with app.app_context():
         assert db.session.get(StoredProfile, lena) is None
 
@@ -189,7 +183,7 @@ def test_app_roles_do_not_change_roles_while_an_admin_group_is_set(app, client, 
     # Lena holds no app role Portal.Admin: app roles would make her a member; the admin group keeps her an admin.
     sso_sign_in(client, LENA)
     assert next(u for u in _users(app, active) if u.id == lena).role == "admin"
-    assert not [d for _, d, _ in _events(app, "role_changed") if d.endswith("entra")]
+    assert not [d for _, d, _ in audit_outcomes(app, "role_changed") if d.endswith("entra")]
     assert client.get("/settings/general").status_code == 200
     # The USERS tab does not say app roles decide (provisioning does), and its role buttons work.
     admin = app.test_client()
@@ -238,7 +232,7 @@ def test_entra_defaults_end_to_end_one_account_and_disabling_in_entra_reaches_it
     assert client.get("/profile/").status_code == 200
     users = _users(app, active)
     assert len(users) == before and next(u for u in users if u.id == lena).object_id == LENA_OID
-    assert ("success", "provisioned_mail_nickname", lena) in _events(app, "identity_linked")
+    assert ("success", "provisioned_mail_nickname", lena) in audit_outcomes(app, "identity_linked")
 
     emulator.set_user_state(LENA_OID, "disabled")
     summary = emulator.provision(NORTHWIND_TID)
